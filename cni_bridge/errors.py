@@ -46,10 +46,7 @@ class CniError(Exception):
         self.details = details
 
     def to_dict(self, cni_version: str) -> dict[str, object]:
-        error: dict[str, object] = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
-        if self.details:
-            error["details"] = self.details
-        return error
+        return {"cniVersion": cni_version, "code": self.code, "msg": self.msg, "details": self.details}
 
     def __str__(self) -> str:
         return f"{self.msg}: {self.details}" if self.details else self.msg
