@@ -1,0 +1,3 @@
+from cni_bridge.main import entry
+
+entry()

@@ -1,0 +1,45 @@
+"""CNI_ARGS: the deprecated `K=V;K=V` channel that kubelet and cnitool still use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import INVALID_ENVIRONMENT, CniError
+
+# Keys this plugin understands; kubelet always sends the K8S_POD_* ones with IgnoreUnknown=1.
+KNOWN_KEYS = frozenset({
+    "IP", "MAC", "IgnoreUnknown",
+    "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID",
+})
+
+
+@dataclass(frozen=True)
+class CniArgs:
+    ips: tuple[str, ...] = ()
+    mac: str = ""
+    pod_namespace: str = ""
+    pod_name: str = ""
+    pod_uid: str = ""
+
+
+def parse_cni_args(raw: str) -> CniArgs:
+    pairs: dict[str, str] = {}
+    for item in raw.split(";"):
+        if not item:
+            continue
+        parts = item.split("=")
+        if len(parts) != 2:
+            raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: invalid pair {item!r}", "expected KEY=VALUE")
+        pairs[parts[0]] = parts[1]
+    ignore_unknown = pairs.get("IgnoreUnknown", "").lower() in ("1", "true")
+    unknown = [f"{k}={v}" for k, v in pairs.items() if k not in KNOWN_KEYS]
+    if unknown and not ignore_unknown:
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: unknown args {unknown}",
+                       "keys are case-sensitive; add IgnoreUnknown=1 to pass other keys")
+    return CniArgs(
+        ips=tuple(ip for ip in pairs.get("IP", "").split(",") if ip),
+        mac=pairs.get("MAC", ""),
+        pod_namespace=pairs.get("K8S_POD_NAMESPACE", ""),
+        pod_name=pairs.get("K8S_POD_NAME", ""),
+        pod_uid=pairs.get("K8S_POD_UID", ""),
+    )

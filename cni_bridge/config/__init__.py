@@ -1,0 +1,1 @@
+"""Network configuration: schema validation, semantic checks and the typed model."""

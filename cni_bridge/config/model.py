@@ -1,0 +1,222 @@
+"""The typed network configuration, built from a schema-valid document plus semantic checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from .. import versions
+from ..errors import INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
+from ..result import DNS, Result, Route, parse_result
+
+# typing costs ~3 ms to import; annotations are strings here, so only mypy needs it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+    from ..ipam.ranges import RangeSet
+
+DEFAULT_BRIDGE = "cnibr0"
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+HOST_LOCAL = "host-local"
+DEFAULT_MASQ_BIT = 13
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    host_port: int
+    container_port: int
+    protocol: str
+    host_ip: str = ""
+
+
+@dataclass(frozen=True)
+class IpamConf:
+    type: str
+    range_sets: tuple[RangeSet, ...]
+    routes: tuple[Route, ...]
+    data_dir: str
+    resolv_conf: str
+
+    @property
+    def builtin(self) -> bool:
+        return self.type == HOST_LOCAL
+
+
+@dataclass(frozen=True)
+class NetConf:
+    cni_version: str
+    name: str
+    type: str
+    bridge: str
+    is_gateway: bool
+    is_default_gateway: bool
+    force_address: bool
+    ip_masq: bool
+    mtu: int | None
+    hairpin: bool
+    promisc: bool
+    vlan: int
+    enable_dad: bool
+    port_isolation: bool
+    dns: DNS | None
+    ipam: IpamConf | None
+    snat: bool
+    mark_masq_bit: int
+    external_set_mark_chain: str
+    masq_all: bool
+    log_file: str
+    log_level: str
+    port_mappings: tuple[PortMapping, ...]
+    runtime_ips: tuple[str, ...]
+    runtime_mac: str
+    args_ips: tuple[str, ...]
+    args_mac: str
+    prev_result: Result | None
+    valid_attachments: frozenset[tuple[str, str]] | None
+    raw: dict[str, Any]
+
+
+def _fail(path: str, why: str) -> CniError:
+    return CniError(INVALID_CONFIG, f"{path}: {why}")
+
+
+def _ip(text: str, path: str) -> str:
+    import ipaddress
+    try:
+        return str(ipaddress.ip_address(text.split("/", 1)[0]))
+    except ValueError:
+        raise _fail(path, f"{text!r} is not a valid IP address") from None
+
+
+def _route(obj: dict[str, Any], path: str) -> Route:
+    import ipaddress
+    try:
+        network = ipaddress.ip_network(obj["dst"], strict=False)
+    except ValueError:
+        raise _fail(path + ".dst", f"{obj['dst']!r} is not a valid CIDR") from None
+    gw = _ip(obj["gw"], path + ".gw") if obj.get("gw") else ""
+    if gw and (":" in gw) != (network.version == 6):
+        raise _fail(path + ".gw", f"{gw} is not of the family of {network}")
+    return Route(dst=str(network), gw=gw, mtu=obj.get("mtu", 0), advmss=obj.get("advmss", 0),
+                 priority=obj.get("priority", 0), table=obj.get("table"), scope=obj.get("scope"))
+
+
+def _unsupported(doc: dict[str, Any]) -> None:
+    """Reference keys whose other values we do not implement are refused, never ignored."""
+    backend = doc.get("ipMasqBackend")
+    if backend not in (None, "iptables"):
+        raise CniError(UNSUPPORTED_FIELD, f"unsupported field ipMasqBackend: {backend!r}",
+                       "cni-bridge programs iptables (nf_tables or legacy); only \"iptables\" is accepted")
+    if doc.get("macspoofchk"):
+        raise CniError(UNSUPPORTED_FIELD, "unsupported field macspoofchk: true",
+                       "MAC spoof checking is not implemented by cni-bridge")
+    for key in ("vlanTrunk", "disableContainerInterface", "backend", "conditionsV4", "conditionsV6"):
+        if doc.get(key):
+            raise CniError(UNSUPPORTED_FIELD, f"unsupported field {key}: {doc[key]!r}",
+                           "this reference plugin option is not implemented by cni-bridge")
+
+
+def _ipam(doc: dict[str, Any], cni_version: str) -> IpamConf | None:
+    ipam = doc.get("ipam")
+    if not ipam or not ipam.get("type"):
+        return None  # L2 only: `"ipam": {}` is the reference's way to say so
+    sets: list[RangeSet] = []
+    if ipam["type"] == HOST_LOCAL:
+        from ..ipam.ranges import check_range_sets, parse_range, parse_range_set
+        runtime = doc.get("runtimeConfig") or {}
+        for i, raw_set in enumerate(runtime.get("ipRanges") or []):
+            sets.append(parse_range_set(raw_set, f"runtimeConfig.ipRanges[{i}]"))
+        if "subnet" in ipam:
+            legacy = {k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}
+            from ..ipam.ranges import RangeSet
+            sets.append(RangeSet((parse_range(legacy, "ipam"),)))
+        for i, raw_set in enumerate(ipam.get("ranges") or []):
+            sets.append(parse_range_set(raw_set, f"ipam.ranges[{i}]"))
+        if not sets:
+            raise _fail("ipam", "no IP ranges specified (set ipam.ranges or ipam.subnet)")
+        check_range_sets(sets, "ipam")
+        if versions.is_legacy(cni_version):
+            families = [s.family for s in sets]
+            if families.count(4) > 1 or families.count(6) > 1:
+                raise _fail("ipam.ranges", f"CNI version {cni_version} does not support more than 1 address per family")
+    routes = tuple(_route(r, f"ipam.routes[{i}]") for i, r in enumerate(ipam.get("routes") or []))
+    return IpamConf(type=ipam["type"], range_sets=tuple(sets), routes=routes,
+                    data_dir=ipam.get("dataDir") or DEFAULT_DATA_DIR, resolv_conf=ipam.get("resolvConf", ""))
+
+
+def _port_mappings(doc: dict[str, Any]) -> tuple[PortMapping, ...]:
+    runtime = doc.get("runtimeConfig") or {}
+    mappings = []
+    for i, pm in enumerate(runtime.get("portMappings") or []):
+        host_ip = pm.get("hostIP") or ""
+        if host_ip:
+            host_ip = _ip(host_ip, f"runtimeConfig.portMappings[{i}].hostIP")
+        mappings.append(PortMapping(host_port=int(pm["hostPort"]), container_port=int(pm["containerPort"]),
+                                    protocol=(pm.get("protocol") or "tcp").lower(), host_ip=host_ip))
+    return tuple(mappings)
+
+
+def _attachments(doc: dict[str, Any]) -> frozenset[tuple[str, str]] | None:
+    key = "cni.dev/valid-attachments"
+    if key not in doc:
+        key = "cni.dev/attachments"  # the legacy key libcni also sends (spec bug #1101)
+        if key not in doc:
+            return None
+    return frozenset((a["containerID"], a["ifname"]) for a in doc[key])
+
+
+def build_netconf(doc: dict[str, Any], cni_version: str) -> NetConf:
+    """Turn a schema-valid document into the model, applying the checks JSON Schema cannot express."""
+    _unsupported(doc)
+    if doc.get("hairpinMode") and doc.get("promiscMode"):
+        raise _fail("hairpinMode", "cannot be combined with promiscMode: set at most one of them")
+    if "externalSetMarkChain" in doc and "markMasqBit" in doc:
+        raise _fail("externalSetMarkChain", "cannot be combined with markMasqBit")
+    runtime = doc.get("runtimeConfig") or {}
+    args_cni = (doc.get("args") or {}).get("cni") or {}
+    prev_result = None
+    if doc.get("prevResult") is not None:
+        prev_version = doc["prevResult"].get("cniVersion") or cni_version
+        if prev_version not in versions.SUPPORTED_VERSIONS:
+            raise CniError(INVALID_CONFIG, f"prevResult.cniVersion: {prev_version!r} is not a supported version",
+                           "supported: " + ", ".join(versions.SUPPORTED_VERSIONS))
+        prev_result = parse_result(doc["prevResult"], prev_version, "prevResult")
+    dns = None
+    if doc.get("dns"):
+        d = doc["dns"]
+        dns = DNS(nameservers=[_ip(s, "dns.nameservers[]") for s in d.get("nameservers", [])],
+                  domain=d.get("domain", ""), search=list(d.get("search", [])), options=list(d.get("options", [])))
+    mtu = doc.get("mtu")
+    ipam = _ipam(doc, cni_version)
+    if mtu is not None and mtu < 1280 and ipam and any(s.family == 6 for s in ipam.range_sets):
+        raise _fail("mtu", f"{mtu} is below 1280, the minimum for IPv6 ranges")
+    return NetConf(
+        cni_version=cni_version,
+        name=doc["name"],
+        type=doc.get("type", ""),
+        bridge=doc.get("bridge") or DEFAULT_BRIDGE,
+        is_gateway=bool(doc.get("isGateway") or doc.get("isDefaultGateway")),
+        is_default_gateway=bool(doc.get("isDefaultGateway")),
+        force_address=bool(doc.get("forceAddress")),
+        ip_masq=bool(doc.get("ipMasq")),
+        mtu=int(mtu) if mtu is not None else None,
+        hairpin=bool(doc.get("hairpinMode")),
+        promisc=bool(doc.get("promiscMode")),
+        vlan=int(doc.get("vlan") or 0),
+        enable_dad=bool(doc.get("enabledad")),
+        port_isolation=bool(doc.get("portIsolation")),
+        dns=dns,
+        ipam=ipam,
+        snat=doc.get("snat", True),
+        mark_masq_bit=int(doc.get("markMasqBit", DEFAULT_MASQ_BIT)),
+        external_set_mark_chain=doc.get("externalSetMarkChain", ""),
+        masq_all=bool(doc.get("masqAll")),
+        log_file=doc.get("logFile", ""),
+        log_level=doc.get("logLevel", "warning"),
+        port_mappings=_port_mappings(doc),
+        runtime_ips=tuple(_ip(ip, "runtimeConfig.ips[]") for ip in runtime.get("ips") or []),
+        runtime_mac=(runtime.get("mac") or "").lower(),
+        args_ips=tuple(_ip(ip, "args.cni.ips[]") for ip in args_cni.get("ips") or []),
+        args_mac=(args_cni.get("mac") or "").lower(),
+        prev_result=prev_result,
+        valid_attachments=_attachments(doc),
+        raw=doc,
+    )

@@ -1,0 +1,68 @@
+"""Config validity: the fast schema check decides, jsonschema explains a rejection."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from ..errors import INVALID_CONFIG, CniError
+
+# typing costs ~3 ms to import; annotations are strings here, so only mypy needs it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+SCHEMA_FILE = "cni-bridge.schema.json"
+
+
+def schema_path() -> str:
+    if getattr(sys, "frozen", False):
+        return os.path.join(getattr(sys, "_MEIPASS"), "conf", SCHEMA_FILE)
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf", SCHEMA_FILE)
+
+
+def load_schema() -> dict[str, Any]:
+    with open(schema_path(), encoding="utf-8") as handle:
+        schema: dict[str, Any] = json.load(handle)
+    return schema
+
+
+def json_path(parts: Any) -> str:
+    """`ipam.ranges[0][0].subnet` from jsonschema's path deque."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def explain(schema: dict[str, Any], document: Any) -> CniError | None:
+    """jsonschema's verdict: the most relevant error as a CniError, or None if it accepts."""
+    import jsonschema
+    from jsonschema.exceptions import best_match
+
+    validator = jsonschema.Draft202012Validator(schema)
+    error = best_match(validator.iter_errors(document))
+    if error is None:
+        return None
+    # Show the innermost cause: "not valid under any of the given schemas" helps nobody.
+    while error.context:
+        error = best_match(error.context) or error
+        break
+    where = json_path(error.absolute_path) or "(top level)"
+    return CniError(INVALID_CONFIG, f"{where}: {error.message}", "the configuration does not match the plugin's schema")
+
+
+def validate_document(document: Any) -> None:
+    from .schema_check import SchemaChecker
+
+    schema = load_schema()
+    if SchemaChecker(schema).is_valid(document):
+        return
+    error = explain(schema, document)
+    if error is not None:
+        raise error
+    # jsonschema is the authority: accept, but say that the fast check is wrong.
+    sys.stderr.write("cni-bridge: warning: fast schema check rejected a config jsonschema accepts\n")

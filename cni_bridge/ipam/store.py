@@ -1,0 +1,318 @@
+"""The host-local on-disk reservation store, byte-compatible with the reference.
+
+Layout of `<dataDir>/<network>/`, as the reference (`backend/disk/backend.go`,
+`lock.go`) writes it, so both implementations can share one directory:
+
+- `lock`: empty file; every operation holds an exclusive flock on it.
+- `<ip>`: one per reserved address, named like Go's net.IP.String(), holding
+  `<containerID>\\r\\n<ifname>` with no trailing newline. Older reference versions
+  wrote only `<containerID>`; such "legacy" files still count as that container's.
+- `last_reserved_ip.<rangeSetIndex>`: the last address handed out from a set,
+  used as the round-robin starting point.
+
+A Store is not thread-safe: a plugin invocation is one process doing one command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cni_bridge.errors import IPAM_STORE_FAILURE, CniError
+from cni_bridge.ipam.ranges import IPAddress, canonical_ip, ip_key
+
+LOCK_NAME = "lock"
+LAST_RESERVED_PREFIX = "last_reserved_ip."
+# The separator between container ID and ifname inside a reservation file.
+LINE_BREAK = "\r\n"
+
+# 0755 for the directory and 0750 for the lock are what the reference creates
+# (observed with containernetworking-plugins 1.1.1); matching them keeps a
+# directory looking the same whichever implementation created it.
+_DIR_MODE = 0o755
+_LOCK_MODE = 0o750
+# Reservation files hold container IDs; the reference moved to 0600 in 2023.
+_FILE_MODE = 0o600
+
+# (ip, container ID, ifname); ifname is None for a legacy ID-only file.
+Reservation = tuple[IPAddress, str, str | None]
+
+
+def ip_filename(ip: IPAddress) -> str:
+    """The file name Go's net.IP.String() gives: dotted IPv4, RFC 5952 IPv6."""
+    # Go prints an IPv4-mapped IPv6 address in dotted form; Python does not.
+    return str(canonical_ip(ip))
+
+
+def parse_ip_filename(name: str) -> IPAddress | None:
+    """The address a directory entry reserves, or None if it is not a reservation."""
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        return None
+    # A non-canonical spelling is never written by either implementation, and
+    # release(ip) would look under the canonical name and miss it.
+    if ip_filename(ip) != name:
+        return None
+    return ip
+
+
+def _store_error(path: str, action: str, exc: OSError) -> CniError:
+    reason = exc.strerror or str(exc)
+    return CniError(IPAM_STORE_FAILURE, f"host-local store: cannot {action} {path}: {reason}")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A reservation file as read from disk."""
+
+    name: str
+    ip: IPAddress
+    content: str  # stripped of surrounding whitespace, as the reference compares it
+
+
+class Store:
+    """Reservations of one network under `<data_dir>/<network>/`."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], network: str) -> None:
+        data_dir = os.fspath(data_dir)
+        # Names are validated with the rest of the config, but a name that
+        # escapes dataDir would let a request delete files elsewhere, so the
+        # store refuses them again on its own.
+        if not data_dir:
+            raise CniError(IPAM_STORE_FAILURE, "host-local store: dataDir is empty")
+        if network in ("", ".", "..") or "/" in network or "\0" in network:
+            raise CniError(
+                IPAM_STORE_FAILURE,
+                f"host-local store: network name {network!r} cannot be used as a directory name",
+            )
+        self._dir = os.path.join(data_dir, network)
+        self._lock_fd: int | None = None
+
+    @property
+    def directory(self) -> str:
+        return self._dir
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._dir, name)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the network's lock; re-entrant so operations can nest inside it.
+
+        flock locks belong to an open file description, so a second open+flock
+        in this process would deadlock against the first; nesting reuses it.
+        """
+        if self._lock_fd is not None:
+            yield
+            return
+        try:
+            os.makedirs(self._dir, mode=_DIR_MODE, exist_ok=True)
+        except OSError as exc:
+            raise _store_error(self._dir, "create directory", exc) from exc
+        lock_path = self._path(LOCK_NAME)
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, _LOCK_MODE)
+        except OSError as exc:
+            raise _store_error(lock_path, "open lock file", exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            raise _store_error(lock_path, "lock", exc) from exc
+        self._lock_fd = fd
+        try:
+            yield
+        finally:
+            self._lock_fd = None
+            # Closing the only descriptor releases the flock.
+            os.close(fd)
+
+    # -- reading ---------------------------------------------------------
+
+    def _read(self, path: str) -> str | None:
+        """File contents, or None if it vanished; O_NOFOLLOW keeps reads inside the dir."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _store_error(path, "open", exc) from exc
+        try:
+            chunks: list[bytes] = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        except OSError as exc:
+            raise _store_error(path, "read", exc) from exc
+        finally:
+            os.close(fd)
+        # surrogateescape keeps arbitrary bytes comparable without failing.
+        return b"".join(chunks).decode("utf-8", errors="surrogateescape")
+
+    def _entries(self, errors: list[CniError] | None = None) -> list[_Entry]:
+        """Every reservation file, sorted by address.
+
+        With errors given, an unreadable file is reported there and skipped, so a
+        sweep over the whole store can go on; otherwise the error is raised.
+        """
+        try:
+            with os.scandir(self._dir) as it:
+                candidates = [(e.name, e.is_file(follow_symlinks=False)) for e in it]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise _store_error(self._dir, "list", exc) from exc
+        entries: list[_Entry] = []
+        for name, is_file in candidates:
+            ip = parse_ip_filename(name)
+            if ip is None or not is_file:
+                continue
+            try:
+                content = self._read(self._path(name))
+            except CniError as exc:
+                if errors is None:
+                    raise
+                errors.append(exc)
+                continue
+            if content is not None:
+                entries.append(_Entry(name, ip, content.strip()))
+        entries.sort(key=lambda e: ip_key(e.ip))
+        return entries
+
+    @staticmethod
+    def _key(container_id: str, ifname: str) -> str:
+        # The reference trims the ID when writing and when matching.
+        return container_id.strip() + LINE_BREAK + ifname
+
+    def find_by_owner(self, container_id: str, ifname: str) -> list[IPAddress]:
+        """Addresses reserved for (container_id, ifname), legacy ID-only files included."""
+        key, legacy = self._key(container_id, ifname), container_id.strip()
+        with self.lock():
+            return [e.ip for e in self._entries() if e.content in (key, legacy)]
+
+    def all_reservations(self, errors: list[CniError] | None = None) -> list[Reservation]:
+        """(ip, container ID, ifname or None for legacy files) for every reservation."""
+        result: list[Reservation] = []
+        with self.lock():
+            for e in self._entries(errors):
+                cid, sep, ifname = e.content.partition(LINE_BREAK)
+                result.append((e.ip, cid, ifname) if sep else (e.ip, cid, None))
+        return result
+
+    def last_reserved(self, range_index: int) -> IPAddress | None:
+        """The round-robin hint for a range set; None when absent or unparsable."""
+        with self.lock():
+            content = self._read(self._path(f"{LAST_RESERVED_PREFIX}{range_index}"))
+        if content is None:
+            return None
+        try:
+            return canonical_ip(ipaddress.ip_address(content.strip()))
+        except ValueError:
+            # The reference ignores a garbled hint and starts from rangeStart.
+            return None
+
+    # -- writing ---------------------------------------------------------
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def reserve(self, ip: IPAddress, container_id: str, ifname: str, range_index: int) -> bool:
+        """Claim ip for (container_id, ifname); False if someone already holds it.
+
+        O_EXCL makes the claim atomic even against a writer that ignores the lock.
+        On success last_reserved_ip.<range_index> is updated, as the reference does.
+        """
+        path = self._path(ip_filename(ip))
+        with self.lock():
+            try:
+                fd = os.open(
+                    path,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    _FILE_MODE,
+                )
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                raise _store_error(path, "create", exc) from exc
+            try:
+                try:
+                    self._write_all(fd, self._key(container_id, ifname).encode("utf-8", "surrogateescape"))
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                # A half-written file would be an unowned reservation: drop it.
+                self._unlink_quietly(path)
+                raise _store_error(path, "write", exc) from exc
+            try:
+                self._write_last_reserved(ip, range_index)
+            except CniError:
+                self._unlink_quietly(path)
+                raise
+        return True
+
+    def _write_last_reserved(self, ip: IPAddress, range_index: int) -> None:
+        path = self._path(f"{LAST_RESERVED_PREFIX}{range_index}")
+        try:
+            # Rewritten in place like the reference's os.WriteFile; both sides
+            # only touch it under the lock, so no reader sees a partial write.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE)
+            try:
+                self._write_all(fd, ip_filename(ip).encode("ascii"))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _store_error(path, "write", exc) from exc
+
+    @staticmethod
+    def _unlink_quietly(path: str) -> None:
+        # Only used on a path that already failed; the first error is the one to report.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+    def _unlink(self, name: str) -> bool:
+        path = self._path(name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _store_error(path, "remove", exc) from exc
+        return True
+
+    def release(self, ip: IPAddress) -> bool:
+        """Drop the reservation of ip whoever holds it; False if there was none."""
+        with self.lock():
+            return self._unlink(ip_filename(ip))
+
+    def release_by_owner(self, container_id: str, ifname: str) -> list[IPAddress]:
+        """Drop every reservation of (container_id, ifname); returns what was released.
+
+        As in the reference, legacy ID-only files are released only when no
+        current-format file matched: a legacy file cannot say which interface
+        it belongs to, and when this interface's files are found by name the
+        ID-only ones are more likely another interface's.
+        """
+        key, legacy = self._key(container_id, ifname), container_id.strip()
+        released: list[IPAddress] = []
+        with self.lock():
+            entries = self._entries()
+            matched = [e for e in entries if e.content == key]
+            if not matched:
+                matched = [e for e in entries if e.content == legacy]
+            for e in matched:
+                if self._unlink(e.name):
+                    released.append(e.ip)
+        return released
+
+    def __repr__(self) -> str:
+        return f"Store({self._dir!r})"
+

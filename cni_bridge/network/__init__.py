@@ -1,0 +1,1 @@
+"""Links, addresses, routes, namespaces and sysctls: the kernel side of the plugin."""

@@ -1,0 +1,79 @@
+"""Load pyroute2's netlink message classes without running ``pyroute2/__init__.py``.
+
+The package's ``__init__`` eagerly imports NDB (sqlite3), IPDB, asyncio, ssl, the
+netns helpers and more: about 220 ms, several times the plugin's whole budget. The
+message classes themselves only need ``pyroute2.netlink``, ``pyroute2.common`` and
+``pyroute2.config``. Python always runs a package's ``__init__`` before a submodule,
+unless the package is already in ``sys.modules``; so we put a bare module object
+there whose ``__path__`` is the real package directory, and the submodules import
+normally from it.
+
+If the real package was imported already (a test or a tool using ``IPRoute``), we
+leave it alone: the submodules are the same files either way.
+
+Only this module knows about the trick. Everything else uses the names below:
+``ifinfmsg``, ``ifaddrmsg``, ``rtmsg``, ``nlmsgerr`` (message classes) and the
+constants modules ``rtnl`` and ``netlink``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import types
+from typing import Any
+
+PACKAGE = "pyroute2"
+
+
+def package_dir() -> str:
+    """Return the directory of the installed pyroute2 package without importing it.
+
+    ``importlib.util.find_spec("pyroute2")`` would do, but only before the stub is
+    installed and it costs more than this scan; a frozen (PyInstaller) build has
+    no real directory on ``sys.path``, its archive importer serves ``_MEIPASS``.
+    """
+    if getattr(sys, "frozen", False):
+        base = getattr(sys, "_MEIPASS", None)
+        if base is None:
+            raise ImportError("frozen build without sys._MEIPASS: cannot locate pyroute2")
+        return os.path.join(base, PACKAGE)
+    for entry in sys.path:
+        candidate = os.path.join(entry or os.getcwd(), PACKAGE)
+        if os.path.isfile(os.path.join(candidate, "__init__.py")):
+            return candidate
+    raise ImportError("pyroute2 is not installed (not found on sys.path)")
+
+
+def install_stub() -> None:
+    """Make ``pyroute2`` importable as a namespace whose ``__init__`` never runs."""
+    if PACKAGE in sys.modules:
+        return
+    stub = types.ModuleType(PACKAGE)
+    stub.__path__ = [package_dir()]
+    # From now on "import pyroute2" anywhere in this process returns the stub, so
+    # "from pyroute2 import IPRoute" fails: import the full package before this
+    # module if a process needs both.
+    sys.modules[PACKAGE] = stub
+
+
+def _load(name: str) -> types.ModuleType:
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+install_stub()
+
+# Imported through importlib rather than "from pyroute2... import": the stub must be
+# in place first, and an import statement would be hoisted by formatters and is
+# untyped anyway (pyroute2 ships no py.typed), so mypy sees Any either way.
+netlink = _load("netlink")
+rtnl = _load("netlink.rtnl")
+_ifinfmsg_mod = _load("netlink.rtnl.ifinfmsg")
+_ifaddrmsg_mod = _load("netlink.rtnl.ifaddrmsg")
+_rtmsg_mod = _load("netlink.rtnl.rtmsg")
+
+ifinfmsg: Any = _ifinfmsg_mod.ifinfmsg
+ifaddrmsg: Any = _ifaddrmsg_mod.ifaddrmsg
+rtmsg: Any = _rtmsg_mod.rtmsg
+nlmsgerr: Any = netlink.nlmsgerr

@@ -1,0 +1,48 @@
+"""One typed request: the environment, the config and CNI_ARGS, merged with the spec's precedence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cniargs import CniArgs, parse_cni_args
+from .config.model import NetConf
+from .environment import Invocation
+from .errors import INVALID_ENVIRONMENT, CniError
+
+
+@dataclass(frozen=True)
+class Request:
+    invocation: Invocation
+    conf: NetConf
+    cni_args: CniArgs
+
+    @property
+    def requested_ips(self) -> tuple[str, ...]:
+        """CONVENTIONS.md: runtimeConfig wins over args, args over CNI_ARGS; the sources are not merged."""
+        return self.conf.runtime_ips or self.conf.args_ips or self.cni_args.ips
+
+    @property
+    def mac(self) -> str:
+        return self.conf.runtime_mac or self.conf.args_mac or self.cni_args.mac
+
+    @property
+    def attachment(self) -> tuple[str, str]:
+        return (self.invocation.container_id, self.invocation.ifname)
+
+
+def build_request(invocation: Invocation, conf: NetConf) -> Request:
+    cni_args = parse_cni_args(invocation.args)
+    import ipaddress
+    clean_ips = []
+    for ip in cni_args.ips:
+        try:
+            clean_ips.append(str(ipaddress.ip_address(ip.split("/", 1)[0])))
+        except ValueError:
+            raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: IP={ip!r} is not a valid IP address") from None
+    mac = cni_args.mac.lower()
+    if mac and (len(mac) != 17 or any(len(part) != 2 or any(c not in "0123456789abcdef" for c in part)
+                                     for part in mac.split(":"))):
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: MAC={cni_args.mac!r} is not a valid MAC address")
+    cni_args = CniArgs(ips=tuple(clean_ips), mac=mac, pod_namespace=cni_args.pod_namespace,
+                       pod_name=cni_args.pod_name, pod_uid=cni_args.pod_uid)
+    return Request(invocation=invocation, conf=conf, cni_args=cni_args)
