@@ -1,6 +1,30 @@
-"""Built-in host-local IPAM: range models, the on-disk store and the allocator.
+"""IPAM: host-local built in, any other type delegated to the plugin of that name."""
 
-The store is byte-compatible with the reference host-local plugin
-(containernetworking/plugins), so a node can switch between the two or run both
-against one network's dataDir. Nothing here touches netlink.
-"""
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from ..request import Request
+    from ..result import IPConfig, Result
+
+    class IpamBackend(Protocol):
+        def add(self) -> Result: ...
+        def reserved(self) -> list[str]: ...
+        def delete(self) -> None: ...
+        def check(self, ips: list[IPConfig]) -> None: ...
+        def gc(self, valid: frozenset[tuple[str, str]]) -> list[str]: ...
+        def status(self) -> None: ...
+
+
+def ipam_for(request: Request) -> IpamBackend | None:
+    """None for an L2-only network (`"ipam": {}`)."""
+    ipam = request.conf.ipam
+    if ipam is None:
+        return None
+    if ipam.builtin:
+        from .host_local import HostLocal
+        return HostLocal(request, ipam)
+    from .delegate import Delegated
+    return Delegated(request, ipam)

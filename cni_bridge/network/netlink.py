@@ -43,7 +43,6 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -758,5 +757,3 @@ class Netlink:
             return None
         return min(defaults, key=lambda r: r.priority).oif
 
-
-_OpFn = Callable[[Netlink], object]  # for callers composing batches; kept for typing only

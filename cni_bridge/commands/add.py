@@ -1,0 +1,121 @@
+"""ADD: IP addresses, bridge, veth, container addressing and routes; all of it or none of it."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from ..errors import INTERFACE_EXISTS, CniError
+from ..ipam import ipam_for
+from ..log import Log
+from ..network import bridge as host_side
+from ..network import container as container_side
+from ..network.naming import host_veth_name
+from ..network.netlink import Netlink, NetlinkError
+from ..network.netns import inside, open_netns
+from ..request import Request
+from ..result import Interface, IPConfig, Result, Route, render_result
+from ..undo import Rollback
+
+
+def _default_routes(ips: list[IPConfig], routes: list[Route]) -> list[Route]:
+    """isDefaultGateway: a default route per family with a gateway, unless IPAM already gives one."""
+    added = []
+    for family, dst in ((4, "0.0.0.0/0"), (6, "::/0")):
+        gateway = next((ip.gateway for ip in ips if ip.family == family and ip.gateway), "")
+        has_default = any(r.family == family and r.dst.endswith("/0") and r.gw for r in routes)
+        if gateway and not has_default:
+            added.append(Route(dst=dst, gw=gateway))
+    return added
+
+
+def _merge_previous(prev: Result | None, ours: Result) -> Result:
+    """A chained ADD prints prevResult plus its own changes (spec: ADD, "prevResult")."""
+    if prev is None:
+        return ours
+    offset = len(prev.interfaces)
+    for ip in ours.ips:
+        if ip.interface is not None:
+            ip.interface += offset
+    return Result(interfaces=prev.interfaces + ours.interfaces, ips=prev.ips + ours.ips,
+                  routes=prev.routes + ours.routes, dns=ours.dns if not ours.dns.is_empty() else prev.dns)
+
+
+def run_add(request: Request, log: Log) -> Result:
+    netns_fd = open_netns(request.invocation.netns)
+    rollback = Rollback(log)
+    try:
+        with Netlink() as host:
+            try:
+                return _add(request, log, host, netns_fd, rollback)
+            except BaseException:
+                rollback.run()
+                raise
+    finally:
+        os.close(netns_fd)
+
+
+def _add(request: Request, log: Log, host: Netlink, netns_fd: int, rollback: Rollback) -> Result:
+    conf, inv = request.conf, request.invocation
+    with inside(netns_fd):
+        container = Netlink()  # stays bound to the container's namespace after we step out
+    rollback.push("close container netlink socket", container.close)
+    if container.link(inv.ifname) is not None:
+        raise CniError(INTERFACE_EXISTS, f'interface "{inv.ifname}" already exists in the container',
+                       f"netns {inv.netns}")
+
+    ipam = ipam_for(request)
+    ipam_result = Result()
+    if ipam is not None:
+        ipam_result = ipam.add()
+        rollback.push("release IP addresses", ipam.delete)
+
+    mtu = conf.mtu or host_side.detect_mtu(host)
+    bridge = host_side.ensure_bridge(host, conf.bridge, mtu=mtu, vlan_filtering=conf.vlan != 0,
+                                     promisc=conf.promisc, rollback=rollback)
+
+    host_name = host_veth_name(conf.name, inv.container_id, inv.ifname)
+    if host.link(host_name) is not None:
+        log.warning(f"removing stale host veth {host_name} left by an earlier ADD of this attachment")
+        host.del_link(host_name)
+    try:
+        host.add_veth(host_name, inv.ifname, netns_fd, mtu, request.mac or None)
+    except NetlinkError as exc:
+        if exc.errno == errno.EEXIST:
+            raise CniError(INTERFACE_EXISTS, f'interface "{inv.ifname}" already exists in the container',
+                           str(exc)) from None
+        raise
+    rollback.push(f"create veth {host_name}", lambda: host.del_link(host_name))
+    host_link = host.link(host_name)
+    container_link = container.link(inv.ifname)
+    if host_link is None or container_link is None:
+        raise CniError(INTERFACE_EXISTS, f"veth {host_name}/{inv.ifname} vanished after creation")
+    host_side.attach_port(host, host_link, bridge, hairpin=conf.hairpin, isolated=conf.port_isolation,
+                          vlan=conf.vlan)
+
+    ips = [IPConfig(address=ip.address, gateway=ip.gateway, interface=2) for ip in ipam_result.ips]
+    routes = list(ipam_result.routes)
+    if conf.is_default_gateway:
+        routes += _default_routes(ips, routes)
+    with inside(netns_fd):
+        container_side.configure(container, container_link, ips, routes, enable_dad=conf.enable_dad)
+
+    if conf.is_gateway:
+        for ip in ips:
+            if ip.gateway:
+                host_side.ensure_gateway_address(host, bridge, ip.gateway, ip.prefixlen,
+                                                 force=conf.force_address, rollback=rollback)
+        host_side.enable_forwarding({ip.family for ip in ips})
+
+    bridge = host.link(conf.bridge) or bridge
+    result = Result(
+        interfaces=[Interface(name=bridge.name, mac=bridge.mac, mtu=bridge.mtu),
+                    Interface(name=host_link.name, mac=host_link.mac, mtu=mtu),
+                    Interface(name=inv.ifname, mac=container_link.mac, mtu=mtu, sandbox=inv.netns)],
+        ips=ips, routes=routes, dns=conf.dns if conf.dns is not None else ipam_result.dns)
+    result = _merge_previous(conf.prev_result, result)
+    render_result(result, conf.cni_version)  # a result the runtime cannot read must not leave the attachment behind
+    container.close()
+    rollback.forget()
+    log.info(f"attached {inv.ifname} ({', '.join(ip.address for ip in ips) or 'no IP'}) to {bridge.name} via {host_name}")
+    return result

@@ -1,0 +1,66 @@
+"""DEL: best effort and idempotent; works without the netns, from names derived from the attachment."""
+
+from __future__ import annotations
+
+import socket
+
+from ..errors import CniError
+from ..ipam import ipam_for
+from ..log import Log
+from ..network.naming import host_veth_name
+from ..request import Request
+
+
+def _link_exists(name: str) -> bool:
+    """A cheap probe (one ioctl) that spares DEL of a gone container the netlink import."""
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
+
+
+def _delete_container_end(request: Request, log: Log) -> None:
+    """The host end is gone but the namespace may still hold our interface (an older ADD's)."""
+    from ..network.netns import inside, open_netns
+    try:
+        fd = open_netns(request.invocation.netns)
+    except CniError:
+        return  # the namespace is gone, and the kernel took the veth with it
+    import os
+    try:
+        with inside(fd):
+            if not _link_exists(request.invocation.ifname):
+                return
+            from ..network.netlink import Netlink
+            with Netlink() as container:
+                link = container.link(request.invocation.ifname)
+                if link is not None and link.kind == "veth":
+                    container.del_link(link.index)
+                    log.info(f"deleted {link.name} in the container")
+    finally:
+        os.close(fd)
+
+
+def run_del(request: Request, log: Log) -> None:
+    conf, inv = request.conf, request.invocation
+    errors: list[CniError] = []
+    host_name = host_veth_name(conf.name, inv.container_id, inv.ifname)
+    try:
+        if _link_exists(host_name):
+            from ..network.netlink import Netlink
+            with Netlink() as host:
+                host.del_link(host_name)  # the container end goes with it
+            log.info(f"deleted veth {host_name}")
+        elif inv.netns:
+            _delete_container_end(request, log)
+    except CniError as exc:
+        errors.append(exc)
+    ipam = ipam_for(request)
+    if ipam is not None:
+        try:
+            ipam.delete()
+        except CniError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]

@@ -1,0 +1,126 @@
+"""IPAM types other than host-local: run the plugin of that name from CNI_PATH, as the spec says.
+
+Same environment, the whole config on stdin, its stderr passed through. subprocess costs
+~20 ms to import, so the child is started with posix_spawn and its stdin is a memfd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..errors import DELEGATE_FAILURE, CniError
+from ..result import IPConfig, Result, parse_result
+from ..versions import SUPPORTED_VERSIONS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..config.model import IpamConf
+    from ..request import Request
+
+
+def find_plugin(name: str, paths: tuple[str, ...]) -> str:
+    for directory in paths:
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise CniError(DELEGATE_FAILURE, f'failed to find IPAM plugin "{name}" in path {list(paths)}',
+                   "set CNI_PATH to the directories holding the IPAM plugin")
+
+
+def run_plugin(executable: str, command: str, stdin: bytes, environ: dict[str, str]) -> bytes:
+    env = dict(environ)
+    env["CNI_COMMAND"] = command
+    stdin_fd = os.memfd_create("cni-config", os.MFD_CLOEXEC)
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(stdin_fd, stdin)
+        os.lseek(stdin_fd, 0, os.SEEK_SET)
+        pid = os.posix_spawn(executable, [executable], env,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, stdin_fd, 0), (os.POSIX_SPAWN_DUP2, write_fd, 1)])
+        os.close(write_fd)
+        write_fd = -1
+        chunks = []
+        while chunk := os.read(read_fd, 65536):
+            chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+    except OSError as exc:
+        raise CniError(DELEGATE_FAILURE, f"failed to run IPAM plugin {executable}: {exc.strerror}") from None
+    finally:
+        for fd in (stdin_fd, read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+    output = b"".join(chunks)
+    if os.waitstatus_to_exitcode(status) != 0:
+        _raise_plugin_error(executable, command, output)
+    return output
+
+
+def _raise_plugin_error(executable: str, command: str, output: bytes) -> None:
+    name = os.path.basename(executable)
+    try:
+        error = json.loads(output)
+        code, msg, details = int(error["code"]), str(error.get("msg", "")), str(error.get("details", ""))
+    except (ValueError, KeyError, TypeError):
+        raise CniError(DELEGATE_FAILURE, f"IPAM plugin {name} {command} failed",
+                       output.decode(errors="replace")[:2000]) from None
+    # Well-known codes mean the same from any plugin; a delegate's own codes would be read as ours.
+    if code >= 100:
+        details = f"{name} error code {code}" + (f": {details}" if details else "")
+        code = DELEGATE_FAILURE
+    raise CniError(code, f"IPAM plugin {name}: {msg}", details)
+
+
+class Delegated:
+    def __init__(self, request: Request, ipam: IpamConf) -> None:
+        self.request = request
+        self.ipam = ipam
+
+    def _run(self, command: str, doc: dict[str, object] | None = None) -> bytes:
+        executable = find_plugin(self.ipam.type, self.request.invocation.path)
+        stdin = json.dumps(doc if doc is not None else self.request.conf.raw).encode()
+        return run_plugin(executable, command, stdin, dict(os.environ))
+
+    def add(self) -> Result:
+        output = self._run("ADD")
+        try:
+            doc = json.loads(output)
+        except ValueError:
+            self.delete()
+            raise CniError(DELEGATE_FAILURE, f"IPAM plugin {self.ipam.type} printed no JSON result",
+                           output.decode(errors="replace")[:2000]) from None
+        version = self.request.conf.cni_version
+        if isinstance(doc, dict) and doc.get("cniVersion"):
+            version = doc["cniVersion"]
+        try:
+            if version not in SUPPORTED_VERSIONS:
+                raise CniError(DELEGATE_FAILURE, f"IPAM plugin {self.ipam.type} answered in unknown version {version!r}")
+            result = parse_result(doc, version, f"IPAM plugin {self.ipam.type} result")
+        except CniError as exc:
+            self.delete()
+            raise CniError(DELEGATE_FAILURE, exc.msg, exc.details) from None
+        if not result.ips:
+            self.delete()
+            raise CniError(DELEGATE_FAILURE, f"IPAM plugin {self.ipam.type} returned no IP addresses")
+        return result
+
+    def reserved(self) -> list[str]:
+        prev = self.request.conf.prev_result
+        return [ip.ip for ip in prev.ips] if prev else []
+
+    def delete(self) -> None:
+        self._run("DEL")
+
+    def check(self, ips: list[IPConfig]) -> None:
+        self._run("CHECK")
+
+    def gc(self, valid: frozenset[tuple[str, str]]) -> list[str]:
+        try:
+            self._run("GC")
+        except CniError as exc:
+            return [str(exc)]
+        return []
+
+    def status(self) -> None:
+        self._run("STATUS")
+
