@@ -18,6 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from .config.model import NetConf
+
 # Commands the spec introduced after 0.1.0, with the version that introduced them.
 _MINIMUM_VERSION = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
 
@@ -49,9 +51,23 @@ def _decode(raw: bytes) -> dict[str, Any]:
 def _config_version(doc: dict[str, Any]) -> str:
     version = doc.get("cniVersion", versions.IMPLICIT_VERSION)
     if version not in versions.SUPPORTED_VERSIONS:
-        raise CniError(INCOMPATIBLE_VERSION, "incompatible CNI versions",
-                       f"config is {json.dumps(version)}, plugin supports {list(versions.SUPPORTED_VERSIONS)}")
+        raise CniError(INCOMPATIBLE_VERSION, f"incompatible CNI versions: config is {json.dumps(version)}, "
+                       f"plugin supports {', '.join(versions.SUPPORTED_VERSIONS)}",
+                       "set cniVersion to one of the supported versions")
     return str(version)
+
+
+def load_netconf(doc: dict[str, Any], command: str) -> NetConf:
+    """Version, then schema, then the semantic checks: each failure with its own CNI code."""
+    cni_version = _config_version(doc)
+    minimum = _MINIMUM_VERSION.get(command)
+    if minimum and not versions.at_least(cni_version, minimum):
+        raise CniError(INCOMPATIBLE_VERSION, f"config version does not allow {command}",
+                       f"{command} needs cniVersion {minimum} or later; the config has {cni_version}")
+    from .config.model import build_netconf
+    from .config.validate import validate_document
+    validate_document(doc)
+    return build_netconf(doc, cni_version)
 
 
 def _version(raw: bytes) -> None:
@@ -74,16 +90,8 @@ def _run_command(command: str, raw: bytes, environ: dict[str, str], state: dict[
     from .environment import read_invocation
     invocation = read_invocation(environ)
     doc = _decode(raw)
-    cni_version = state["cni_version"] = _config_version(doc)
-    minimum = _MINIMUM_VERSION.get(command)
-    if minimum and not versions.at_least(cni_version, minimum):
-        raise CniError(INCOMPATIBLE_VERSION, f"config version does not allow {command}",
-                       f"{command} needs cniVersion {minimum} or later; the config has {cni_version}")
-
-    from .config.model import build_netconf
-    from .config.validate import validate_document
-    validate_document(doc)
-    conf = build_netconf(doc, cni_version)
+    state["cni_version"] = _config_version(doc)
+    conf = load_netconf(doc, command)
     from .request import build_request
     request = build_request(invocation, conf)
     log = Log(conf.log_level, conf.log_file, prefix=f"{command} {conf.name}/{invocation.container_id}: ")
@@ -93,7 +101,7 @@ def _run_command(command: str, raw: bytes, environ: dict[str, str], state: dict[
     result = dispatch(command, request, log)
     if result is not None:
         from .result import render_result
-        _write_json(render_result(result, cni_version))
+        _write_json(render_result(result, conf.cni_version))
     return 0
 
 

@@ -51,8 +51,16 @@ def explain(schema: dict[str, Any], document: Any) -> CniError | None:
     while error.context:
         error = best_match(error.context) or error
         break
-    where = json_path(error.absolute_path) or "(top level)"
-    return CniError(INVALID_CONFIG, f"{where}: {error.message}", "the configuration does not match the plugin's schema")
+    parts = list(error.absolute_path)
+    message = error.message
+    if error.validator == "required" and isinstance(error.instance, dict):
+        # Point at the missing key itself, where the user will have to add it.
+        missing = next((name for name in error.validator_value if name not in error.instance), None)
+        if missing is not None:
+            parts.append(missing)
+            message = "is required but missing"
+    where = json_path(parts) or "(top level)"
+    return CniError(INVALID_CONFIG, f"{where}: {message}", "the configuration does not match the plugin's schema")
 
 
 def validate_document(document: Any) -> None:

@@ -57,7 +57,6 @@ _NETLINK_CAP_ACK = 10
 _NETLINK_EXT_ACK = 11
 
 _NLM_F_REQUEST = 0x1
-_NLM_F_MULTI = 0x2
 _NLM_F_ACK = 0x4
 _NLM_F_DUMP_INTR = 0x10
 _NLM_F_DUMP = 0x300
@@ -106,8 +105,8 @@ _RTM_F_CLONED = 0x200
 _HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
 _SEQ_OFFSET = 8
 
-# Dumps of a namespace with a few links fit in one 32 KiB datagram; the kernel
-# never sends more than this per datagram to a receive buffer of this size.
+# The kernel caps a dump datagram at 32 KiB, so a 64 KiB buffer never truncates
+# one (a truncated datagram would silently lose messages).
 _RECV_SIZE = 65536
 _DUMP_ATTEMPTS = 3
 
@@ -306,15 +305,20 @@ class Netlink:
 
     # --- transport ----------------------------------------------------------
 
-    def _exchange(self, what: str, msg: Any, msg_type: int, flags: int, reply: Any) -> list[Any]:
+    def _exchange(self, what: str, msg: Any, msg_type: int, flags: int) -> list[Any]:
         """Send one encoded request; return its decoded replies (none for a plain ACK)."""
         msg["header"]["type"] = msg_type
         msg["header"]["flags"] = _NLM_F_REQUEST | _NLM_F_ACK | flags
-        msg.encode()
+        try:
+            msg.encode()
+        except (ValueError, TypeError, KeyError, OSError, struct.error) as e:
+            # pyroute2 validates nothing up front: a malformed MAC or address only
+            # shows up here, as whatever its parser raised.
+            raise CniError(LINK_FAILURE, f"failed to {what}: invalid request", repr(e)) from None
         request = bytearray(msg.data)
         dump = flags & _NLM_F_DUMP == _NLM_F_DUMP
         for _ in range(_DUMP_ATTEMPTS):
-            replies, interrupted = self._roundtrip(what, request, reply)
+            replies, interrupted = self._roundtrip(what, request, type(msg))
             # A dump that raced with a change is inconsistent; the kernel flags it and
             # a retry is the documented remedy. Keep the last answer if it persists.
             if not (dump and interrupted):
@@ -386,10 +390,10 @@ class Netlink:
         raise _fail(what, -err, f"kernel: {details}" if details else "")
 
     def _request(self, what: str, msg: Any, msg_type: int, flags: int = 0) -> list[Any]:
-        return self._exchange(what, msg, msg_type, flags, type(msg))
+        return self._exchange(what, msg, msg_type, flags)
 
     def _dump(self, what: str, msg: Any, msg_type: int) -> list[Any]:
-        return self._exchange(what, msg, msg_type, _NLM_F_DUMP, type(msg))
+        return self._exchange(what, msg, msg_type, _NLM_F_DUMP)
 
     # --- links ----------------------------------------------------------------
 
@@ -712,6 +716,8 @@ class Netlink:
     ) -> None:
         """Add a unicast route (``dst=None``: default route); EEXIST if it exists.
 
+        ``table=None`` (or 0) is the main table; ids above 255 are fine.
+
         Without an explicit scope, an IPv4 route without gateway is link-scoped
         and every other route is universe-scoped, as with "ip route add".
         """
@@ -722,7 +728,7 @@ class Netlink:
                 raise CniError(LINK_FAILURE, f"failed to {what}: {ip} is not of the route's family")
         if scope is None:
             scope = _RT_SCOPE_LINK if gateway is None and family == socket.AF_INET else _RT_SCOPE_UNIVERSE
-        table_id = _RT_TABLE_MAIN if table is None else table
+        table_id = table or _RT_TABLE_MAIN  # 0 (RT_TABLE_UNSPEC) means main to the kernel too
         msg = pyroute2_lean.rtmsg()
         msg["family"] = family
         msg["dst_len"] = dst_len if dst is not None else 0
