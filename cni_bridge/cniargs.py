@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .records import record
 
 from .errors import INVALID_ENVIRONMENT, CniError
 
@@ -13,7 +13,7 @@ KNOWN_KEYS = frozenset({
 })
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CniArgs:
     ips: tuple[str, ...] = ()
     mac: str = ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from .records import record
 
 from .errors import INVALID_ENVIRONMENT, CniError
 
@@ -24,7 +24,7 @@ SAFE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 MAX_IFNAME_BYTES = 15
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Invocation:
     command: str
     container_id: str

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .records import record
 
 from .cniargs import CniArgs, parse_cni_args
 from .config.model import NetConf
@@ -10,7 +10,7 @@ from .environment import Invocation
 from .errors import INVALID_ENVIRONMENT, CniError
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Request:
     invocation: Invocation
     conf: NetConf

@@ -7,7 +7,7 @@ carry `interfaces`/`ips` with `version`; 1.x drops `version`; 1.1.0 adds interfa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .records import field, record
 from . import versions
 from .errors import INVALID_CONFIG, RESULT_CONVERSION, CniError
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-@dataclass
+@record()
 class Interface:
     name: str
     mac: str = ""
@@ -27,7 +27,7 @@ class Interface:
     pci_id: str = ""
 
 
-@dataclass
+@record()
 class IPConfig:
     address: str  # "ip/prefix"
     gateway: str = ""
@@ -46,7 +46,7 @@ class IPConfig:
         return int(self.address.split("/", 1)[1])
 
 
-@dataclass
+@record()
 class Route:
     dst: str
     gw: str = ""
@@ -61,7 +61,7 @@ class Route:
         return 6 if ":" in self.dst else 4
 
 
-@dataclass
+@record()
 class DNS:
     nameservers: list[str] = field(default_factory=list)
     domain: str = ""
@@ -72,7 +72,7 @@ class DNS:
         return not (self.nameservers or self.domain or self.search or self.options)
 
 
-@dataclass
+@record()
 class Result:
     interfaces: list[Interface] = field(default_factory=list)
     ips: list[IPConfig] = field(default_factory=list)

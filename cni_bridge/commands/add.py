@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-from ..errors import INTERFACE_EXISTS, CniError
+from ..errors import INTERFACE_EXISTS, UNSUPPORTED_FIELD, CniError
 from ..ipam import ipam_for
 from ..log import Log
 from ..network import bridge as host_side
@@ -41,7 +41,17 @@ def _merge_previous(prev: Result | None, ours: Result) -> Result:
                   routes=prev.routes + ours.routes, dns=ours.dns if not ours.dns.is_empty() else prev.dns)
 
 
+def _refuse_firewall_features(request: Request) -> None:
+    """The firewall (masquerade, published ports) is not built yet: refuse rather than pretend."""
+    if request.conf.ip_masq:
+        raise CniError(UNSUPPORTED_FIELD, "unsupported field ipMasq: true", "masquerading is not implemented yet")
+    if request.conf.port_mappings:
+        raise CniError(UNSUPPORTED_FIELD, "unsupported field runtimeConfig.portMappings",
+                       "published ports are not implemented yet")
+
+
 def run_add(request: Request, log: Log) -> Result:
+    _refuse_firewall_features(request)
     netns_fd = open_netns(request.invocation.netns)
     rollback = Rollback(log)
     try:

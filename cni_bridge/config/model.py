@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..records import record
 from .. import versions
 from ..errors import INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
 from ..result import DNS, Result, Route, parse_result
@@ -19,7 +19,7 @@ HOST_LOCAL = "host-local"
 DEFAULT_MASQ_BIT = 13
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PortMapping:
     host_port: int
     container_port: int
@@ -27,7 +27,7 @@ class PortMapping:
     host_ip: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IpamConf:
     type: str
     range_sets: tuple[RangeSet, ...]
@@ -40,7 +40,7 @@ class IpamConf:
         return self.type == HOST_LOCAL
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetConf:
     cni_version: str
     name: str

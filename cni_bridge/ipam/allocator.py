@@ -11,7 +11,6 @@ reservation of the container, including ones it did not make).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
 
 from cni_bridge.errors import (
     CHECK_FAILED,
@@ -19,11 +18,16 @@ from cni_bridge.errors import (
     IPAM_EXHAUSTED,
     CniError,
 )
-from cni_bridge.ipam.ranges import IPAddress, IPRange, RangeSet, canonical_ip
+from cni_bridge.records import record
+from cni_bridge.ipam.ranges import IPRange, RangeSet, canonical_ip
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cni_bridge.ipam.ranges import IPAddress
 from cni_bridge.ipam.store import Store
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Allocation:
     """One address handed out from range set range_set_index."""
 

@@ -20,10 +20,18 @@ import fcntl
 import ipaddress
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from cni_bridge.errors import IPAM_STORE_FAILURE, CniError
-from cni_bridge.ipam.ranges import IPAddress, canonical_ip, ip_key
+from cni_bridge.records import record
+from cni_bridge.ipam.ranges import canonical_ip, ip_key
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from cni_bridge.ipam.ranges import IPAddress
+
+    Reservation: TypeAlias = tuple[IPAddress, str, str | None]
 
 LOCK_NAME = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
@@ -39,7 +47,6 @@ _LOCK_MODE = 0o750
 _FILE_MODE = 0o600
 
 # (ip, container ID, ifname); ifname is None for a legacy ID-only file.
-Reservation = tuple[IPAddress, str, str | None]
 
 
 def ip_filename(ip: IPAddress) -> str:
@@ -68,7 +75,7 @@ def _store_error(path: str, action: str, exc: OSError) -> CniError:
     return CniError(IPAM_STORE_FAILURE, f"host-local store: cannot {action} {path}: {reason}")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Entry:
     """A reservation file as read from disk."""
 

@@ -43,10 +43,10 @@ import errno
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from cni_bridge.errors import LINK_FAILURE, CniError
+from cni_bridge.records import record
 from cni_bridge.network import pyroute2_lean
 
 # Protocol numbers from the kernel's uapi headers (stable ABI). Our own copies are
@@ -143,7 +143,7 @@ def _fail(what: str, err: int, details: str = "") -> NetlinkError:
     return NetlinkError(err, f"failed to {what}: {reason}", details)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Link:
     index: int
     name: str
@@ -158,7 +158,7 @@ class Link:
     promisc: bool  # promiscuous mode requested by the user (IFF_PROMISC)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Address:
     index: int
     family: int
@@ -167,7 +167,7 @@ class Address:
     flags: int  # IFA_F_*: NODAD, TENTATIVE, DADFAILED, PERMANENT...
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Route:
     family: int
     dst: str  # "" for the default route

@@ -16,11 +16,14 @@ and no leading "/". Every error is CniError with code SYSCTL_FAILURE.
 from __future__ import annotations
 
 import os
-from typing import Union
 
 from cni_bridge.errors import SYSCTL_FAILURE, CniError
 
-Key = Union[str, tuple[str, str]]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Key: TypeAlias = str | tuple[str, str]
 
 _ROOT = "/proc/sys/"
 

@@ -20,7 +20,7 @@ from cni_bridge.errors import (
     CniError,
 )
 from cni_bridge.ipam.allocator import Allocation, allocate, check, gc, has_free_address, release
-from cni_bridge.ipam.ranges import IPAddress, RangeSet, parse_range_set
+from cni_bridge.ipam.ranges import RangeSet, parse_range_set
 from cni_bridge.ipam.store import Store, ip_filename, parse_ip_filename
 
 pytestmark = pytest.mark.unit
