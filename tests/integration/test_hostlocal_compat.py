@@ -7,6 +7,8 @@ reservations, and that both write byte-identical files.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import ipaddress
 import json
 import os
@@ -23,7 +25,10 @@ import pytest
 
 from cni_bridge.errors import IPAM_CONFLICT, CniError
 from cni_bridge.ipam.allocator import allocate, check, gc, release
-from cni_bridge.ipam.ranges import IPAddress, RangeSet, parse_range_set
+from cni_bridge.ipam.ranges import RangeSet, parse_range_set
+
+if TYPE_CHECKING:
+    from cni_bridge.ipam.ranges import IPAddress
 from cni_bridge.ipam.store import Store
 
 HOST_LOCAL = "/usr/lib/cni/host-local"
