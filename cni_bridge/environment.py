@@ -34,7 +34,15 @@ class Invocation:
     path: tuple[str, ...]
 
 
+def _require_utf8(name: str, value: str) -> None:
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # os.environ keeps undecodable bytes as surrogates
+        raise CniError(INVALID_ENVIRONMENT, f"{name}: not valid UTF-8", repr(value)) from None
+
+
 def validate_ifname(ifname: str) -> None:
+    _require_utf8("CNI_IFNAME", ifname)
     if not ifname:
         raise CniError(INVALID_ENVIRONMENT, "CNI_IFNAME: interface name is empty")
     if len(ifname.encode()) > MAX_IFNAME_BYTES:
@@ -48,6 +56,7 @@ def validate_ifname(ifname: str) -> None:
 
 
 def validate_container_id(container_id: str) -> None:
+    _require_utf8("CNI_CONTAINERID", container_id)
     if not SAFE_NAME.fullmatch(container_id):
         raise CniError(INVALID_ENVIRONMENT, "CNI_CONTAINERID: invalid characters in container ID", container_id)
 

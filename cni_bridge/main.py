@@ -39,6 +39,9 @@ def _read_stdin() -> bytes:
 def _decode(raw: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
+    except RecursionError:
+        raise CniError(DECODE_FAILURE, "failed to decode the network config on stdin",
+                       "JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         detail = "stdin is empty" if not raw.strip() else str(exc)
         raise CniError(DECODE_FAILURE, "failed to decode the network config on stdin as JSON", detail) from None
@@ -76,7 +79,7 @@ def _version(raw: bytes) -> None:
         doc = json.loads(raw) if raw.strip() else {}
         if isinstance(doc, dict) and isinstance(doc.get("cniVersion"), str):
             asked = doc["cniVersion"]
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         pass  # VERSION must answer whatever stdin holds: the runtime asks before it knows what we speak
     _write_json({"cniVersion": asked, "supportedVersions": list(versions.SUPPORTED_VERSIONS)})
 

@@ -36,7 +36,7 @@ def build_request(invocation: Invocation, conf: NetConf) -> Request:
     clean_ips = []
     for ip in cni_args.ips:
         try:
-            clean_ips.append(str(ipaddress.ip_address(ip.split("/", 1)[0])))
+            clean_ips.append(str(ipaddress.ip_interface(ip).ip if "/" in ip else ipaddress.ip_address(ip)))
         except ValueError:
             raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: IP={ip!r} is not a valid IP address") from None
     mac = cni_args.mac.lower()

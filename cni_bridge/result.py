@@ -174,6 +174,8 @@ def _parse_legacy(r: _Reader, data: dict[str, Any]) -> Result:
                        gateway=r.ip(block.get("gateway"), f".{key}.gateway"))
         if ipc.family != family:
             raise r.fail(f".{key}.ip", f"is not an IPv{family} address")
+        if ipc.gateway and (":" in ipc.gateway) != (family == 6):
+            raise r.fail(f".{key}.gateway", f"is not an IPv{family} address")
         result.ips.append(ipc)
         for i, route in enumerate(r.lst(block.get("routes"), f".{key}.routes")):
             result.routes.append(_parse_route(r, route, f".{key}.routes[{i}]"))

@@ -79,9 +79,10 @@ def _fail(path: str, why: str) -> CniError:
 
 
 def _ip(text: str, path: str) -> str:
+    """An address, optionally with a prefix length (validated, then dropped: the range's mask wins)."""
     import ipaddress
     try:
-        return str(ipaddress.ip_address(text.split("/", 1)[0]))
+        return str(ipaddress.ip_interface(text).ip) if "/" in text else str(ipaddress.ip_address(text))
     except ValueError:
         raise _fail(path, f"{text!r} is not a valid IP address") from None
 

@@ -67,9 +67,12 @@ def validate_document(document: Any) -> None:
     from .schema_check import SchemaChecker
 
     schema = load_schema()
-    if SchemaChecker(schema).is_valid(document):
-        return
-    error = explain(schema, document)
+    try:
+        if SchemaChecker(schema).is_valid(document):
+            return
+        error = explain(schema, document)
+    except RecursionError:
+        raise CniError(INVALID_CONFIG, "the configuration is nested too deeply", "no valid config is") from None
     if error is not None:
         raise error
     # jsonschema is the authority: accept, but say that the fast check is wrong.
