@@ -59,6 +59,8 @@ def explain(schema: dict[str, Any], document: Any) -> CniError | None:
         if missing is not None:
             parts.append(missing)
             message = "is required but missing"
+    if len(message) > 300:  # jsonschema quotes the whole value; a huge one helps nobody
+        message = message[:300] + "..."
     where = json_path(parts) or "(top level)"
     return CniError(INVALID_CONFIG, f"{where}: {message}", "the configuration does not match the plugin's schema")
 
