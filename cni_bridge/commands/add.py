@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 import os
 
-from ..errors import INTERFACE_EXISTS, UNSUPPORTED_FIELD, CniError
+from .. import versions
+from ..errors import INTERFACE_EXISTS, RESULT_CONVERSION, UNSUPPORTED_FIELD, CniError
 from ..ipam import ipam_for
 from ..log import Log
 from ..network import bridge as host_side
@@ -52,6 +53,9 @@ def _refuse_firewall_features(request: Request) -> None:
 
 def run_add(request: Request, log: Log) -> Result:
     _refuse_firewall_features(request)
+    if versions.is_legacy(request.conf.cni_version) and request.conf.ipam is None:
+        raise CniError(RESULT_CONVERSION, f"cannot convert result to CNI version {request.conf.cni_version}: "
+                       "no valid IP addresses", "an L2-only network needs cniVersion 0.3.0 or later")
     netns_fd = open_netns(request.invocation.netns)
     rollback = Rollback(log)
     try:
@@ -82,7 +86,12 @@ def _add(request: Request, log: Log, host: Netlink, netns_fd: int, rollback: Rol
 
     mtu = conf.mtu or host_side.detect_mtu(host)
     bridge = host_side.ensure_bridge(host, conf.bridge, mtu=mtu, vlan_filtering=conf.vlan != 0,
-                                     promisc=conf.promisc, rollback=rollback)
+                                     promisc=conf.promisc)
+
+    if conf.is_gateway:
+        gateways = [(ip.gateway, ip.prefixlen) for ip in ipam_result.ips if ip.gateway]
+        host_side.ensure_gateway_addresses(host, bridge, gateways, force=conf.force_address)
+        host_side.enable_forwarding({ip.family for ip in ipam_result.ips})
 
     host_name = host_veth_name(conf.name, inv.container_id, inv.ifname)
     if host.link(host_name) is not None:
@@ -109,13 +118,6 @@ def _add(request: Request, log: Log, host: Netlink, netns_fd: int, rollback: Rol
         routes += _default_routes(ips, routes)
     with inside(netns_fd):
         container_side.configure(container, container_link, ips, routes, enable_dad=conf.enable_dad)
-
-    if conf.is_gateway:
-        for ip in ips:
-            if ip.gateway:
-                host_side.ensure_gateway_address(host, bridge, ip.gateway, ip.prefixlen,
-                                                 force=conf.force_address, rollback=rollback)
-        host_side.enable_forwarding({ip.family for ip in ips})
 
     bridge = host.link(conf.bridge) or bridge
     result = Result(

@@ -84,9 +84,9 @@ class HostLocal:
         directory = self.store.directory
         parent = directory if self._exists() else self.ipam.data_dir
         probe = parent
-        while not os.path.isdir(probe):  # the store is created on first ADD: its nearest ancestor must be writable
+        while not os.path.lexists(probe):  # the store is created on first ADD: its nearest ancestor must be writable
             probe = os.path.dirname(probe) or "/"
-        if not os.access(probe, os.W_OK | os.X_OK):
+        if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
             raise CniError(PLUGIN_NOT_AVAILABLE, f"host-local store {directory} is not writable")
         if not self._exists():
             return

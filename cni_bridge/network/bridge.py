@@ -10,10 +10,6 @@ from . import sysctl
 from .naming import bridge_mac
 from .netlink import Link, Netlink, NetlinkError
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from ..undo import Rollback
-
 DEFAULT_MTU = 1500
 
 
@@ -38,13 +34,14 @@ def ignore_router_advertisements(ifname: str) -> None:
         sysctl.write(key, 0)
 
 
-def ensure_bridge(nl: Netlink, name: str, *, mtu: int, vlan_filtering: bool, promisc: bool,
-                  rollback: Rollback) -> Link:
+def ensure_bridge(nl: Netlink, name: str, *, mtu: int, vlan_filtering: bool, promisc: bool) -> Link:
+    """The bridge is shared by every attachment of the network and is never taken away: a
+    failed ADD that deleted the bridge it created would detach the ports that concurrent
+    ADDs put on it meanwhile (the reference never deletes it either)."""
     link = nl.link(name)
     if link is None:
         try:
             nl.add_bridge(name, mtu=mtu, mac=bridge_mac(name), vlan_filtering=vlan_filtering)
-            rollback.push(f"create bridge {name}", lambda: nl.del_link(name))
         except NetlinkError as exc:
             if exc.errno != errno.EEXIST:  # another ADD won the race: use its bridge
                 raise
@@ -68,26 +65,37 @@ def _overlaps(a_ip: str, a_len: int, b_ip: str, b_len: int) -> bool:
     return a.version == b.version and a.overlaps(b)
 
 
-def ensure_gateway_address(nl: Netlink, bridge: Link, ip: str, prefixlen: int, *, force: bool,
-                           rollback: Rollback) -> None:
-    """Put ip/prefixlen on the bridge; another address in the same subnet is a conflict.
+def ensure_gateway_addresses(nl: Netlink, bridge: Link, gateways: list[tuple[str, int]], *, force: bool) -> None:
+    """Put each gateway ip/prefixlen on the bridge; another address in its subnet is a conflict.
 
-    The reference refuses any second IPv4 address; we refuse only one that overlaps the
-    gateway's subnet, so one bridge can carry several IPv4 range sets.
+    Every family is checked before any address is added, so a conflict leaves the bridge as
+    it was. The reference refuses any second IPv4 address; we refuse only one that overlaps a
+    gateway's subnet, so one bridge can carry several IPv4 range sets. Like the bridge, a
+    gateway is shared: a later failure of this ADD leaves it, since concurrent ADDs may
+    already route through it.
     """
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    for existing in nl.addresses(bridge.index, family):
-        if existing.address == ip and existing.prefixlen == prefixlen:
-            return
-        if _overlaps(existing.address, existing.prefixlen, ip, prefixlen):
-            if not force:
-                raise CniError(BRIDGE_CONFLICT,
-                               f'bridge "{bridge.name}" already has an IP address different from {ip}/{prefixlen}',
-                               f"it has {existing.address}/{existing.prefixlen}; set forceAddress to replace it")
-            nl.del_address(bridge.index, existing.address, existing.prefixlen)
-    nl.add_address(bridge.index, ip, prefixlen, nodad=True)
-    rollback.push(f"add {ip}/{prefixlen} to {bridge.name}",
-                  lambda: nl.del_address(bridge.index, ip, prefixlen))
+    present = nl.addresses(bridge.index)
+    missing: list[tuple[str, int]] = []
+    stale = []
+    for ip, prefixlen in gateways:
+        if any(a.address == ip and a.prefixlen == prefixlen for a in present):
+            continue
+        missing.append((ip, prefixlen))
+        for existing in present:
+            if _overlaps(existing.address, existing.prefixlen, ip, prefixlen):
+                if not force:
+                    raise CniError(BRIDGE_CONFLICT,
+                                   f'bridge "{bridge.name}" already has an IP address different from {ip}/{prefixlen}',
+                                   f"it has {existing.address}/{existing.prefixlen}; set forceAddress to replace it")
+                stale.append(existing)
+    for existing in stale:
+        nl.del_address(bridge.index, existing.address, existing.prefixlen)
+    for ip, prefixlen in missing:
+        try:
+            nl.add_address(bridge.index, ip, prefixlen, nodad=True)
+        except NetlinkError as exc:
+            if exc.errno != errno.EEXIST:  # a concurrent ADD put it there first
+                raise
 
 
 def enable_forwarding(families: set[int]) -> None:
