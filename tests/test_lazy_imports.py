@@ -1,0 +1,87 @@
+"""The cheap paths stay cheap: VERSION, config errors and DEL of an unknown container must not
+load pyroute2 (~20-220 ms) or jsonschema (~110 ms, only to explain a rejected config)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests import nstools
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = """
+import io, json, sys
+sys.path.insert(0, {root!r})
+from cni_bridge.main import main
+sys.stdin = io.TextIOWrapper(io.BytesIO({stdin!r}))
+code = main([], {environ!r})
+loaded = sorted(m for m in ("pyroute2", "jsonschema", "subprocess", "asyncio", "logging", "dataclasses", "typing")
+                if m in sys.modules)
+sys.stderr.write("\\nLOADED=" + json.dumps([code, loaded]) + "\\n")
+"""
+
+
+def loaded_modules(node: str, environ: dict[str, str], stdin: bytes) -> tuple[int, list[str]]:
+    script = PROBE.format(root=str(ROOT), stdin=stdin, environ=environ)
+    proc = subprocess.run(["ip", "netns", "exec", node, sys.executable, "-I", "-c", script],
+                          capture_output=True, timeout=30)
+    marker = [line for line in proc.stderr.decode().splitlines() if line.startswith("LOADED=")]
+    assert marker, proc.stderr.decode()
+    code, loaded = json.loads(marker[-1][len("LOADED="):])
+    return code, loaded
+
+
+@pytest.fixture(scope="module")
+def node() -> object:
+    if not nstools.have_privileges():
+        pytest.skip("needs root for a throwaway namespace")
+    with nstools.throwaway_netns(1) as names:
+        yield names[0]
+
+
+def test_version_loads_nothing_heavy(node: str) -> None:
+    code, loaded = loaded_modules(node, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"1.0.0"}')
+    assert code == 0
+    assert loaded == []
+
+
+def test_invalid_environment_loads_nothing_heavy(node: str) -> None:
+    code, loaded = loaded_modules(node, {"CNI_COMMAND": "ADD"}, b"{}")
+    assert code == 1
+    assert loaded == []
+
+
+def test_config_error_loads_no_netlink(node: str) -> None:
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/cbt-none", "CNI_IFNAME": "eth0"}
+    bad = {"cniVersion": "1.0.0", "name": "n", "type": "cni-bridge", "mtu": "large"}
+    code, loaded = loaded_modules(node, env, json.dumps(bad).encode())
+    assert code == 1
+    assert "pyroute2" not in loaded
+    assert "jsonschema" in loaded  # it is the one that explains the rejection
+
+
+def test_semantic_config_error_loads_neither(node: str) -> None:
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/cbt-none", "CNI_IFNAME": "eth0"}
+    bad = {"cniVersion": "1.0.0", "name": "n", "type": "cni-bridge",
+           "ipam": {"type": "host-local", "subnet": "10.0.0.5/24"}}
+    code, loaded = loaded_modules(node, env, json.dumps(bad).encode())
+    assert code == 1
+    assert loaded == []
+
+
+def test_del_of_unknown_container_loads_no_netlink(node: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="cbt-lazy-") as data_dir:
+        conf = {"cniVersion": "1.0.0", "name": "lazynet", "type": "cni-bridge",
+                "ipam": {"type": "host-local", "subnet": "10.250.0.0/24", "dataDir": data_dir}}
+        env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "never-added", "CNI_NETNS": "", "CNI_IFNAME": "eth0",
+               "PATH": os.environ.get("PATH", "")}
+        code, loaded = loaded_modules(node, env, json.dumps(conf).encode())
+        assert os.listdir(data_dir) == []  # DEL of an unknown network creates no store directory
+    assert code == 0
+    assert loaded == []
