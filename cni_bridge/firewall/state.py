@@ -1,0 +1,452 @@
+"""What the firewall installed, on disk: per attachment, per shared resource, per host port.
+
+One directory per network namespace (iptables state is per namespace), host-wide: the
+shared chains and the host ports belong to every network on the host, so a directory
+per network would count users and detect conflicts wrongly. Layout:
+
+    lock                           exclusive flock held by every firewall operation
+    generation                     "<boot id> <netns inode>" the records below describe
+    attachments/<key>.json         one per attachment: its chains and exact rule lines
+                                   per family, its shared keys and its port claims
+    shared/<4|6>/<key>/def.json    a shared resource's chains and rules as created
+    shared/<4|6>/<key>/u-<key>     one empty file per attachment using it
+    ports/<proto>-<port>/<hostIP>  a published port; holds the holder's identity
+
+<key> of an attachment is 32 hex digits of sha256(network, container ID, ifname).
+
+Users of shared resources are counted with one marker file each, so "am I the last
+user?" reads one small directory, never every attachment; the resource is created by
+the ADD that finds no marker and removed by the DEL that leaves none. A port claim is
+found by its name: a conflict check lists only ``ports/<proto>-<port>/``, which holds
+the few host IPs that port is published on (a wildcard conflicts with every address of
+its family, so a per-address file alone would not do).
+
+Everything happens under the flock, which also serialises the iptables batches; claim
+files are still created with O_EXCL as a second line of defence.
+
+Order of writes: ADD records before it touches iptables and DEL forgets after, so a
+crash leaves a record of rules that may not exist (DEL's fallback copes) rather than
+rules nobody knows about. No fsync: after a power loss the kernel's rules are gone too,
+and the generation check below discards records older than the current tables.
+
+Generation: if the boot ID or the network namespace differs from the one recorded, the
+tables these files describe no longer exist (reboot, or a new namespace reusing a state
+directory); the records are deleted before use, so stale claims cannot block ports.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+
+from ..errors import FIREWALL_FAILURE, PORT_CONFLICT, CniError
+from ..records import record
+from .plan import Claim, Rule, Shared, attachment_digest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+_DIR_MODE = 0o700  # records name containers; nobody else needs to read them
+_FILE_MODE = 0o600
+_KEY_DIGITS = 32
+_USER_PREFIX = "u-"
+_DEF_NAME = "def.json"
+_FORMAT = 1
+
+
+def attachment_key(network: str, container_id: str, ifname: str) -> str:
+    return attachment_digest(network, container_id, ifname)[:_KEY_DIGITS]
+
+
+@record(frozen=True)
+class Installed:
+    """What ADD put into one family: own chains, own rules (exact text), shared keys used."""
+
+    family: int
+    chains: tuple[tuple[str, str], ...]
+    rules: tuple[Rule, ...]
+    shared: tuple[str, ...]
+
+
+@record(frozen=True)
+class Attachment:
+    network: str
+    container_id: str
+    ifname: str
+    families: tuple[Installed, ...]
+    claims: tuple[Claim, ...]
+
+    @property
+    def key(self) -> str:
+        return attachment_key(self.network, self.container_id, self.ifname)
+
+    def holder(self) -> str:
+        return f"container {self.container_id} (ifname {self.ifname}, network {self.network})"
+
+
+def _error(action: str, path: str, exc: OSError) -> CniError:
+    return CniError(FIREWALL_FAILURE, f"failed to {action} firewall state {path}: {exc.strerror}")
+
+
+def _rule_to_json(rule: Rule) -> list[Any]:
+    return [rule.table, rule.chain, rule.spec, rule.insert]
+
+
+def _rule_from_json(raw: list[Any]) -> Rule:
+    return Rule(str(raw[0]), str(raw[1]), str(raw[2]), bool(raw[3]))
+
+
+def _chains_from_json(raw: list[Any]) -> tuple[tuple[str, str], ...]:
+    return tuple((str(table), str(chain)) for table, chain in raw)
+
+
+def _claim_to_json(claim: Claim) -> list[Any]:
+    return [claim.protocol, claim.host_port, claim.host_ip]
+
+
+def _attachment_to_json(att: Attachment) -> dict[str, Any]:
+    return {
+        "format": _FORMAT,
+        "network": att.network,
+        "containerID": att.container_id,
+        "ifname": att.ifname,
+        "families": [{"family": f.family, "chains": [list(c) for c in f.chains],
+                      "rules": [_rule_to_json(r) for r in f.rules], "shared": list(f.shared)}
+                     for f in att.families],
+        "claims": [_claim_to_json(c) for c in att.claims],
+    }
+
+
+def _attachment_from_json(doc: dict[str, Any]) -> Attachment:
+    return Attachment(
+        network=str(doc["network"]),
+        container_id=str(doc["containerID"]),
+        ifname=str(doc["ifname"]),
+        families=tuple(Installed(int(f["family"]), _chains_from_json(f["chains"]),
+                                 tuple(_rule_from_json(r) for r in f["rules"]),
+                                 tuple(str(k) for k in f["shared"])) for f in doc["families"]),
+        claims=tuple(Claim(str(p), int(n), str(ip)) for p, n, ip in doc["claims"]),
+    )
+
+
+def _current_generation() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "unknown"
+    try:
+        netns = os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        netns = 0
+    return f"{boot} {netns}"
+
+
+def _remove_tree(path: str) -> None:
+    # shutil costs an import for a tree of small files two levels deep.
+    try:
+        entries = list(os.scandir(path))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            _remove_tree(entry.path)
+        else:
+            os.unlink(entry.path)
+    os.rmdir(path)
+
+
+class Store:
+    """The state directory, locked for the life of the ``with`` block."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._lock_fd = -1
+
+    def __enter__(self) -> Store:
+        try:
+            os.makedirs(self.directory, mode=_DIR_MODE, exist_ok=True)
+            fd = os.open(self._path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        except OSError as exc:
+            raise _error("open", self.directory, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            raise _error("lock", self.directory, exc) from None
+        self._lock_fd = fd
+        try:
+            self._check_generation()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the only descriptor releases the flock
+            self._lock_fd = -1
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.directory, *parts)
+
+    def _check_generation(self) -> None:
+        path = self._path("generation")
+        current = _current_generation()
+        try:
+            with open(path, encoding="utf-8") as f:
+                recorded = f.read().strip()
+        except FileNotFoundError:
+            recorded = ""
+        except OSError as exc:
+            raise _error("read", path, exc) from None
+        if recorded == current:
+            return
+        try:
+            if recorded:
+                for name in ("attachments", "shared", "ports"):
+                    _remove_tree(self._path(name))
+            self._write(path, (current + "\n").encode())
+        except OSError as exc:
+            raise _error("reset", self.directory, exc) from None
+
+    @staticmethod
+    def _write(path: str, data: bytes) -> None:
+        """Replace a file atomically: readers see the old or the new content, never half."""
+        tmp = f"{path}.tmp{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _unlink(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    @staticmethod
+    def _rmdir(path: str) -> None:
+        try:
+            os.rmdir(path)
+        except (FileNotFoundError, OSError):
+            pass  # not empty: another user or claim still lives there
+
+    # --- attachments ----------------------------------------------------------------
+
+    def _attachment_path(self, key: str) -> str:
+        return self._path("attachments", f"{key}.json")
+
+    def load(self, key: str) -> Attachment | None:
+        path = self._attachment_path(key)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return _attachment_from_json(json.load(f))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _error("read", path, exc) from None
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise CniError(FIREWALL_FAILURE, f"firewall state {path} is corrupt",
+                           "remove the file; the removal fallback will then find rules by their comment") from None
+
+    def save(self, att: Attachment) -> None:
+        path = self._attachment_path(att.key)
+        try:
+            os.makedirs(os.path.dirname(path), mode=_DIR_MODE, exist_ok=True)
+            self._write(path, json.dumps(_attachment_to_json(att), separators=(",", ":")).encode())
+        except OSError as exc:
+            raise _error("write", path, exc) from None
+
+    def forget(self, key: str) -> None:
+        try:
+            self._unlink(self._attachment_path(key))
+        except OSError as exc:
+            raise _error("remove", self._attachment_path(key), exc) from None
+
+    def attachments(self) -> list[tuple[str, Attachment | None]]:
+        """Every recorded attachment as (key, record); record None if unreadable (GC only)."""
+        out: list[tuple[str, Attachment | None]] = []
+        try:
+            names = sorted(os.listdir(self._path("attachments")))
+        except FileNotFoundError:
+            return out
+        except OSError as exc:
+            raise _error("list", self._path("attachments"), exc) from None
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            key = name[:-len(".json")]
+            try:
+                out.append((key, self.load(key)))
+            except CniError:
+                out.append((key, None))
+        return out
+
+    # --- shared resources -------------------------------------------------------------
+
+    def _shared_dir(self, family: int, key: str) -> str:
+        # Keys hold a bridge name (no "/" in interface names) or a number; escaping "/"
+        # anyway keeps a path component a path component.
+        return self._path("shared", str(family), key.replace("/", "%2F"))
+
+    def other_users(self, family: int, key: str, me: str) -> bool:
+        """Whether an attachment other than `me` uses the shared resource."""
+        mine = _USER_PREFIX + me
+        try:
+            with os.scandir(self._shared_dir(family, key)) as entries:
+                return any(e.name.startswith(_USER_PREFIX) and e.name != mine for e in entries)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _error("list", self._shared_dir(family, key), exc) from None
+
+    def users(self, family: int, key: str) -> list[str]:
+        try:
+            names = os.listdir(self._shared_dir(family, key))
+        except FileNotFoundError:
+            return []
+        return [n[len(_USER_PREFIX):] for n in names if n.startswith(_USER_PREFIX)]
+
+    def add_user(self, family: int, resource: Shared, me: str, created: bool) -> None:
+        directory = self._shared_dir(family, resource.key)
+        try:
+            os.makedirs(directory, mode=_DIR_MODE, exist_ok=True)
+            if created or not os.path.exists(os.path.join(directory, _DEF_NAME)):
+                doc = {"key": resource.key, "chains": [list(c) for c in resource.chains],
+                       "rules": [_rule_to_json(r) for r in resource.rules]}
+                self._write(os.path.join(directory, _DEF_NAME), json.dumps(doc, separators=(",", ":")).encode())
+            os.close(os.open(os.path.join(directory, _USER_PREFIX + me),
+                             os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE))
+        except OSError as exc:
+            raise _error("write", directory, exc) from None
+
+    def definition(self, family: int, key: str) -> Shared | None:
+        """The resource as its creator recorded it: exactly the lines it added."""
+        path = os.path.join(self._shared_dir(family, key), _DEF_NAME)
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+            return Shared(str(doc["key"]), _chains_from_json(doc["chains"]),
+                          tuple(_rule_from_json(r) for r in doc["rules"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None  # unreadable: the caller renders the definition from the key
+
+    def drop_user(self, family: int, key: str, me: str) -> None:
+        directory = self._shared_dir(family, key)
+        try:
+            self._unlink(os.path.join(directory, _USER_PREFIX + me))
+            if not self.users(family, key):
+                self._unlink(os.path.join(directory, _DEF_NAME))
+                self._rmdir(directory)
+        except OSError as exc:
+            raise _error("update", directory, exc) from None
+
+    def shared_resources(self) -> list[tuple[int, str]]:
+        """Every (family, key) with a directory (GC only)."""
+        out: list[tuple[int, str]] = []
+        for family in (4, 6):
+            try:
+                names = sorted(os.listdir(self._path("shared", str(family))))
+            except FileNotFoundError:
+                continue
+            out.extend((family, name.replace("%2F", "/")) for name in names)
+        return out
+
+    # --- port claims ------------------------------------------------------------------
+
+    def _port_dir(self, claim: Claim) -> str:
+        return self._path("ports", f"{claim.protocol}-{claim.host_port}")
+
+    def _holder(self, path: str) -> dict[str, str]:
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+            return {k: str(doc[k]) for k in ("key", "network", "containerID", "ifname")}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"key": "", "network": "?", "containerID": "?", "ifname": "?"}
+
+    def check_claims(self, claims: Iterable[Claim], me: str) -> None:
+        """CniError(PORT_CONFLICT) naming the holder if another attachment publishes one of them."""
+        for claim in claims:
+            directory = self._port_dir(claim)
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _error("list", directory, exc) from None
+            for name in names:
+                other = Claim(claim.protocol, claim.host_port, name)
+                if other.family != claim.family:
+                    continue
+                if other.host_ip != claim.host_ip and not (other.wildcard or claim.wildcard):
+                    continue
+                holder = self._holder(os.path.join(directory, name))
+                if holder["key"] == me:
+                    continue
+                raise CniError(
+                    PORT_CONFLICT,
+                    f"host port {claim} is already published by container {holder['containerID']} "
+                    f"(ifname {holder['ifname']}, network {holder['network']})",
+                    f"conflicting claim: {other}")
+
+    def take_claims(self, claims: Iterable[Claim], att: Attachment) -> None:
+        doc = json.dumps({"key": att.key, "network": att.network, "containerID": att.container_id,
+                          "ifname": att.ifname}).encode()
+        for claim in claims:
+            directory = self._port_dir(claim)
+            path = os.path.join(directory, claim.host_ip)
+            try:
+                os.makedirs(directory, mode=_DIR_MODE, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            except FileExistsError:
+                if self._holder(path)["key"] == att.key:
+                    continue  # ours already (a repeated ADD)
+                holder = self._holder(path)
+                raise CniError(PORT_CONFLICT,
+                               f"host port {claim} is already published by container {holder['containerID']} "
+                               f"(ifname {holder['ifname']}, network {holder['network']})") from None
+            except OSError as exc:
+                raise _error("write", path, exc) from None
+            try:
+                os.write(fd, doc)
+            finally:
+                os.close(fd)
+
+    def release_claims(self, claims: Iterable[Claim], me: str) -> None:
+        for claim in claims:
+            path = os.path.join(self._port_dir(claim), claim.host_ip)
+            try:
+                if os.path.exists(path) and self._holder(path)["key"] in (me, ""):
+                    self._unlink(path)
+                self._rmdir(self._port_dir(claim))
+            except OSError as exc:
+                raise _error("remove", path, exc) from None
+
+    def all_claims(self) -> list[tuple[Claim, dict[str, str]]]:
+        """Every claim with its holder (GC only)."""
+        out: list[tuple[Claim, dict[str, str]]] = []
+        try:
+            ports = sorted(os.listdir(self._path("ports")))
+        except FileNotFoundError:
+            return out
+        for port_dir in ports:
+            protocol, _, number = port_dir.partition("-")
+            if not number.isdigit():
+                continue
+            try:
+                names = sorted(os.listdir(self._path("ports", port_dir)))
+            except OSError:
+                continue
+            for name in names:
+                out.append((Claim(protocol, int(number), name), self._holder(self._path("ports", port_dir, name))))
+        return out
