@@ -39,6 +39,7 @@ def timed(node: str, argv: list[str], env: dict[str, str], stdin: bytes) -> tupl
 def config(kind: str, data_dir: str, bridge: str) -> dict[str, object]:
     return {"cniVersion": "1.0.0", "name": f"bench-{kind}", "type": "bridge" if kind == "ref" else "cni-bridge",
             "bridge": bridge, "isGateway": True, "isDefaultGateway": True, "mtu": 1500,
+            "stateDir": f"{data_dir}/state",
             "ipam": {"type": "host-local", "dataDir": data_dir,
                      "ranges": [[{"subnet": "10.91.0.0/24" if kind == "ref" else "10.92.0.0/24"}]]}}
 

@@ -139,6 +139,7 @@ class Node:
         self.name = nstools.create_netns()
         self.containers: list[Container] = []
         self.temp_dirs: list[str] = []
+        self._state_dir: str | None = None
         self.bridges: list[str] = []
         self.host_veths: set[str] = set()
         try:
@@ -158,6 +159,12 @@ class Node:
             if os.path.exists(d):  # a test that set the immutable attribute and died
                 subprocess.run(["chattr", "-R", "-i", d], capture_output=True, check=False)
                 shutil.rmtree(d, ignore_errors=True)
+
+    @property
+    def state_dir(self) -> str:
+        if self._state_dir is None:
+            self._state_dir = self.temp_dir()
+        return self._state_dir
 
     def add_container(self) -> Container:
         c = Container(nstools.create_netns())
@@ -219,6 +226,9 @@ class Node:
         env.update(extra_env or {})
         if command == "ADD" and conf and container_id and ifname:
             self.host_veths.add(host_veth_name(str(conf.get("name")), container_id, ifname))
+        if conf is not None and "stateDir" not in conf:
+            # Firewall state is per host: each node namespace gets its own directory.
+            conf = {**conf, "stateDir": self.state_dir}
         stdin = stdin_override if stdin_override is not None else json.dumps(conf).encode()
         proc = subprocess.run(
             ["ip", "netns", "exec", self.name, executable],

@@ -77,11 +77,11 @@ def test_semantic_config_error_loads_neither(node: str) -> None:
 
 def test_del_of_unknown_container_loads_no_netlink(node: str) -> None:
     with tempfile.TemporaryDirectory(prefix="cbt-lazy-") as data_dir:
-        conf = {"cniVersion": "1.0.0", "name": "lazynet", "type": "cni-bridge",
+        conf = {"cniVersion": "1.0.0", "name": "lazynet", "type": "cni-bridge", "stateDir": f"{data_dir}/state",
                 "ipam": {"type": "host-local", "subnet": "10.250.0.0/24", "dataDir": data_dir}}
         env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "never-added", "CNI_NETNS": "", "CNI_IFNAME": "eth0",
                "PATH": os.environ.get("PATH", "")}
         code, loaded = loaded_modules(node, env, json.dumps(conf).encode())
-        assert os.listdir(data_dir) == []  # DEL of an unknown network creates no store directory
+        assert os.listdir(data_dir) == []  # DEL of an unknown network creates no store or state directory
     assert code == 0
     assert loaded == []

@@ -102,6 +102,8 @@ def _substitute(value: Any, data_dir: str) -> Any:
 def test_invocations(fixture: dict[str, Any], node: str) -> None:
     with tempfile.TemporaryDirectory(prefix="cbt-fixture-") as data_dir:
         stdin = _substitute(fixture["stdin"], data_dir)
+        if isinstance(stdin, dict) and "stateDir" not in stdin:
+            stdin["stateDir"] = os.path.join(data_dir, "state")  # never the host's /run/cni-bridge
         raw = stdin.encode() if isinstance(stdin, str) else json.dumps(stdin).encode()
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **fixture["env"]}
         proc = subprocess.run(["ip", "netns", "exec", node, "env", "-i", *(f"{k}={v}" for k, v in env.items()),

@@ -6,7 +6,7 @@ import errno
 import os
 
 from .. import versions
-from ..errors import INTERFACE_EXISTS, RESULT_CONVERSION, UNSUPPORTED_FIELD, CniError
+from ..errors import INTERFACE_EXISTS, RESULT_CONVERSION, CniError
 from ..ipam import ipam_for
 from ..log import Log
 from ..network import bridge as host_side
@@ -30,6 +30,26 @@ def _default_routes(ips: list[IPConfig], routes: list[Route]) -> list[Route]:
     return added
 
 
+def _install_firewall(request: Request, ips: list[IPConfig], bridge: str, rollback: Rollback, log: Log) -> None:
+    from ..firewall import flush_udp_conntrack, install
+    from ..network import sysctl
+    from .rules import attachment_rules
+    conf = request.conf
+    undo = install(attachment_rules(request, ips), conf.state_dir)
+    rollback.push("install firewall rules", undo)
+    if conf.port_mappings and conf.snat and any(ip.family == 4 for ip in ips):
+        # 127.0.0.1:port is DNATed to the container and routed out of the bridge: the kernel
+        # drops such packets unless the bridge allows loopback sources (the localhost guard
+        # in raw PREROUTING keeps outsiders from using the same door).
+        sysctl.ensure(("net/ipv4/conf/{}/route_localnet", bridge), 1)
+    udp_ports = sorted({pm.host_port for pm in conf.port_mappings if pm.protocol == "udp"})
+    if udp_ports:
+        try:
+            flush_udp_conntrack(udp_ports)
+        except CniError as exc:  # stale entries only delay traffic; the attachment itself is fine
+            log.warning(f"could not flush UDP conntrack entries for ports {udp_ports}: {exc}")
+
+
 def _merge_previous(prev: Result | None, ours: Result) -> Result:
     """A chained ADD prints prevResult plus its own changes (spec: ADD, "prevResult")."""
     if prev is None:
@@ -42,17 +62,7 @@ def _merge_previous(prev: Result | None, ours: Result) -> Result:
                   routes=prev.routes + ours.routes, dns=ours.dns if not ours.dns.is_empty() else prev.dns)
 
 
-def _refuse_firewall_features(request: Request) -> None:
-    """The firewall (masquerade, published ports) is not built yet: refuse rather than pretend."""
-    if request.conf.ip_masq:
-        raise CniError(UNSUPPORTED_FIELD, "unsupported field ipMasq: true", "masquerading is not implemented yet")
-    if request.conf.port_mappings:
-        raise CniError(UNSUPPORTED_FIELD, "unsupported field runtimeConfig.portMappings",
-                       "published ports are not implemented yet")
-
-
 def run_add(request: Request, log: Log) -> Result:
-    _refuse_firewall_features(request)
     if versions.is_legacy(request.conf.cni_version) and request.conf.ipam is None:
         raise CniError(RESULT_CONVERSION, f"cannot convert result to CNI version {request.conf.cni_version}: "
                        "no valid IP addresses", "an L2-only network needs cniVersion 0.3.0 or later")
@@ -118,6 +128,9 @@ def _add(request: Request, log: Log, host: Netlink, netns_fd: int, rollback: Rol
         routes += _default_routes(ips, routes)
     with inside(netns_fd):
         container_side.configure(container, container_link, ips, routes, enable_dad=conf.enable_dad)
+
+    if ips:
+        _install_firewall(request, ips, bridge.name, rollback, log)
 
     bridge = host.link(conf.bridge) or bridge
     result = Result(

@@ -71,4 +71,8 @@ def run_check(request: Request, log: Log) -> None:
     ipam = ipam_for(request)
     if ipam is not None:
         ipam.check(ours)
+    if ours:
+        from ..firewall import check as check_firewall
+        from .rules import attachment_rules
+        check_firewall(attachment_rules(request, ours), conf.state_dir)
     log.debug("check passed")

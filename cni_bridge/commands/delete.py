@@ -42,6 +42,17 @@ def _delete_container_end(request: Request, log: Log) -> None:
         os.close(fd)
 
 
+def _remove_firewall(request: Request) -> None:
+    import os
+    from ..firewall.state import attachment_key
+    conf, inv = request.conf, request.invocation
+    key = attachment_key(conf.name, inv.container_id, inv.ifname)
+    # Only an attachment whose ADD installed rules has a record: skip the import otherwise.
+    if os.path.exists(os.path.join(conf.state_dir, "attachments", f"{key}.json")):
+        from ..firewall import remove
+        remove(conf.name, inv.container_id, inv.ifname, conf.state_dir)
+
+
 def run_del(request: Request, log: Log) -> None:
     conf, inv = request.conf, request.invocation
     errors: list[CniError] = []
@@ -54,6 +65,10 @@ def run_del(request: Request, log: Log) -> None:
             log.info(f"deleted veth {host_name}")
         elif inv.netns:
             _delete_container_end(request, log)
+    except CniError as exc:
+        errors.append(exc)
+    try:
+        _remove_firewall(request)
     except CniError as exc:
         errors.append(exc)
     ipam = ipam_for(request)

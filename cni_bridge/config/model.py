@@ -17,6 +17,7 @@ DEFAULT_BRIDGE = "cnibr0"
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 HOST_LOCAL = "host-local"
 DEFAULT_MASQ_BIT = 13
+DEFAULT_STATE_DIR = "/run/cni-bridge"
 
 
 @record(frozen=True)
@@ -50,6 +51,10 @@ class NetConf:
     is_default_gateway: bool
     force_address: bool
     ip_masq: bool
+    masq_exclude: tuple[str, ...]
+    isolate: bool
+    internal: bool
+    state_dir: str
     mtu: int | None
     hairpin: bool
     promisc: bool
@@ -85,6 +90,14 @@ def _ip(text: str, path: str) -> str:
         return str(ipaddress.ip_interface(text).ip) if "/" in text else str(ipaddress.ip_address(text))
     except ValueError:
         raise _fail(path, f"{text!r} is not a valid IP address") from None
+
+
+def _cidr(text: str, path: str) -> str:
+    import ipaddress
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise _fail(path, f"{text!r} is not a valid CIDR") from None
 
 
 def _route(obj: dict[str, Any], path: str) -> Route:
@@ -171,6 +184,13 @@ def build_netconf(doc: dict[str, Any], cni_version: str) -> NetConf:
         raise _fail("hairpinMode", "cannot be combined with promiscMode: set at most one of them")
     if "externalSetMarkChain" in doc and "markMasqBit" in doc:
         raise _fail("externalSetMarkChain", "cannot be combined with markMasqBit")
+    if doc.get("internal"):
+        if (doc.get("runtimeConfig") or {}).get("portMappings"):
+            raise _fail("runtimeConfig.portMappings", "ports cannot be published on an internal network")
+        for key in ("ipMasq", "isDefaultGateway"):
+            if doc.get(key):
+                raise _fail(key, "cannot be combined with internal: an internal network has no way out")
+    masq_exclude = tuple(_cidr(c, f"ipMasqExclude[{i}]") for i, c in enumerate(doc.get("ipMasqExclude") or []))
     runtime = doc.get("runtimeConfig") or {}
     args_cni = (doc.get("args") or {}).get("cni") or {}
     prev_result = None
@@ -198,6 +218,10 @@ def build_netconf(doc: dict[str, Any], cni_version: str) -> NetConf:
         is_default_gateway=bool(doc.get("isDefaultGateway")),
         force_address=bool(doc.get("forceAddress")),
         ip_masq=bool(doc.get("ipMasq")),
+        masq_exclude=masq_exclude,
+        isolate=bool(doc.get("isolate")),
+        internal=bool(doc.get("internal")),
+        state_dir=doc.get("stateDir") or DEFAULT_STATE_DIR,
         mtu=int(mtu) if mtu is not None else None,
         hairpin=bool(doc.get("hairpinMode")),
         promisc=bool(doc.get("promiscMode")),
