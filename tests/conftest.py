@@ -8,3 +8,44 @@ import pytest
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "unit: pure-Python tests, no root or external binaries needed")
     # "integration" is registered in pyproject.toml.
+
+
+def _host_snapshot() -> dict[str, str]:
+    """What the test hygiene rules promise to leave as it was on the real host."""
+    import os
+    import subprocess
+
+    def out(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {
+        "ip netns": out("ip", "netns", "list"),
+        "ip link": "\n".join(sorted(line.split("@")[0].split(":")[1].strip()
+                                    for line in out("ip", "-o", "link", "show").splitlines() if ":" in line)),
+        "iptables-save": "\n".join(line for line in (out("iptables-save") + out("ip6tables-save")).splitlines()
+                                   if line.startswith(("-A", ":"))),
+        "iptables-legacy-save": "\n".join(line for line in (out("iptables-legacy-save") + out("ip6tables-legacy-save"))
+                                          .splitlines() if line.startswith(("-A", ":"))),
+        "/run/cni-bridge": str(os.path.exists("/run/cni-bridge")),
+    }
+
+
+_BEFORE: dict[str, str] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _BEFORE.update(_host_snapshot())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    after = _host_snapshot()
+    changed = [key for key in _BEFORE if _BEFORE[key] != after.get(key)]
+    if changed:
+        import sys
+        for key in changed:
+            sys.stderr.write(f"\nHOST HYGIENE: the test run changed `{key}`:\n--- before\n{_BEFORE[key]}\n"
+                             f"--- after\n{after.get(key)}\n")
+        session.exitstatus = 1

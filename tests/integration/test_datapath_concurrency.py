@@ -37,7 +37,7 @@ def start_add(node: Node, conf: dict[str, Any], cid: str, c: Container) -> subpr
     proc = subprocess.Popen(["ip", "netns", "exec", node.name, BIN], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(conf).encode())
+    proc.stdin.write(json.dumps({"stateDir": node.state_dir, **conf}).encode())
     proc.stdin.close()
     return proc
 
