@@ -52,6 +52,7 @@ from cni_bridge.network import pyroute2_lean
 # Protocol numbers from the kernel's uapi headers (stable ABI). Our own copies are
 # typed ints; pyroute2's module constants would be Any to mypy.
 _NETLINK_ROUTE = 0
+NETLINK_NETFILTER = 12
 _SOL_NETLINK = 270
 _NETLINK_CAP_ACK = 10
 _NETLINK_EXT_ACK = 11
@@ -273,10 +274,10 @@ def _route_from(msg: Any) -> Route:
 class Netlink:
     """An rtnetlink socket in the network namespace current at construction."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: int = _NETLINK_ROUTE) -> None:
         try:
             sock = socket.socket(
-                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_ROUTE
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol
             )
         except OSError as e:
             raise _fail("open a netlink socket", e.errno or 0) from None
@@ -394,6 +395,10 @@ class Netlink:
 
     def _dump(self, what: str, msg: Any, msg_type: int) -> list[Any]:
         return self._exchange(what, msg, msg_type, _NLM_F_DUMP)
+
+    # Other netlink families (conntrack) reuse the transport with their own pyroute2 messages.
+    request = _request
+    dump = _dump
 
     # --- links ----------------------------------------------------------------
 

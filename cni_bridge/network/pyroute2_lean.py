@@ -58,7 +58,8 @@ def install_stub() -> None:
     sys.modules[PACKAGE] = stub
 
 
-def _load(name: str) -> types.ModuleType:
+def load(name: str) -> types.ModuleType:
+    """A pyroute2 module by its name below the package, e.g. "netlink.nfnetlink.nfctsocket"."""
     return importlib.import_module(f"{PACKAGE}.{name}")
 
 
@@ -67,11 +68,11 @@ install_stub()
 # Imported through importlib rather than "from pyroute2... import": the stub must be
 # in place first, and an import statement would be hoisted by formatters and is
 # untyped anyway (pyroute2 ships no py.typed), so mypy sees Any either way.
-netlink = _load("netlink")
-rtnl = _load("netlink.rtnl")
-_ifinfmsg_mod = _load("netlink.rtnl.ifinfmsg")
-_ifaddrmsg_mod = _load("netlink.rtnl.ifaddrmsg")
-_rtmsg_mod = _load("netlink.rtnl.rtmsg")
+netlink = load("netlink")
+rtnl = load("netlink.rtnl")
+_ifinfmsg_mod = load("netlink.rtnl.ifinfmsg")
+_ifaddrmsg_mod = load("netlink.rtnl.ifaddrmsg")
+_rtmsg_mod = load("netlink.rtnl.rtmsg")
 
 ifinfmsg: Any = _ifinfmsg_mod.ifinfmsg
 ifaddrmsg: Any = _ifaddrmsg_mod.ifaddrmsg
