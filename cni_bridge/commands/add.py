@@ -119,7 +119,11 @@ def _add(request: Request, log: Log, host: Netlink, netns_fd: int, rollback: Rol
     container_link = container.link(inv.ifname)
     if host_link is None or container_link is None:
         raise CniError(INTERFACE_EXISTS, f"veth {host_name}/{inv.ifname} vanished after creation")
-    host_side.attach_port(host, host_link, bridge, hairpin=conf.hairpin, isolated=conf.port_isolation,
+    # A container reaching its own published port through the host's address comes back on
+    # its own port once DNAT is applied on the bridge path (br_netfilter, as on Docker or
+    # Kubernetes hosts): only hairpin mode lets the frame out again, so publishing turns it on.
+    hairpin = conf.hairpin or (bool(conf.port_mappings) and not conf.promisc)
+    host_side.attach_port(host, host_link, bridge, hairpin=hairpin, isolated=conf.port_isolation,
                           vlan=conf.vlan)
 
     ips = [IPConfig(address=ip.address, gateway=ip.gateway, interface=2) for ip in ipam_result.ips]

@@ -53,6 +53,12 @@ def ensure_bridge(nl: Netlink, name: str, *, mtu: int, vlan_filtering: bool, pro
                        f"it is a {link.kind or 'device'} link; choose another \"bridge\" name")
     # The bridge is a router's port, not a host uplink: it must not configure itself from RAs.
     ignore_router_advertisements(name)
+    # While its link-local address is tentative (DAD, ~2 s) the kernel queues forwarded IPv6
+    # packets instead of resolving neighbours: the first pod's first packets would wait. Its
+    # MAC, and so its link-local address, is derived from its unique name.
+    key = ("net/ipv6/conf/{}/accept_dad", name)
+    if sysctl.read(key) not in (None, "0"):
+        sysctl.write(key, 0)
     if not link.up or link.promisc != promisc:
         nl.set_link(link.index, up=True, promisc=promisc if link.promisc != promisc else None)
     return link

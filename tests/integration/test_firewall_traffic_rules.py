@@ -1,0 +1,221 @@
+"""Firewall rules around traffic: port conflicts, leaving no trace (DEL, DEL without the
+namespace, GC) and CHECK, on both iptables backends, read back with that backend's save.
+
+"No trace" is checked against the node's complete iptables-save and ip6tables-save
+(comments and packet counters aside): the node first gets foreign rules in every table
+the plugin uses (so the tables exist before the first ADD, as on any real host), and
+after the last DEL the output must be exactly what it was.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+import pytest
+
+from tests import nstools
+from tests.plugin import Container, node, reservations, requires_plugin, with_prev  # noqa: F401
+from tests.traffic import (NODE_V4, NODE_V6, OUTSIDE_V4, OUTSIDE_V6, UPLINK, Lab, Probe, backend, describe,  # noqa: F401
+                           lab, probe_all)
+
+pytestmark = [pytest.mark.integration, requires_plugin]
+
+V4, V6 = "10.221.0.0/24", "fd00:221::/64"
+TCP = {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}
+UDP = {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}
+
+# Someone else's rules, per family: the plugin must leave them as they are.
+FOREIGN = [
+    ("filter", "-N", "FOREIGN-FWD"),
+    ("filter", "-A", "FORWARD", "-i", UPLINK, "-j", "FOREIGN-FWD"),
+    ("filter", "-A", "FOREIGN-FWD", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"),
+    ("filter", "-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "DROP"),
+    ("nat", "-N", "FOREIGN-NAT"),
+    ("nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "9999", "-j", "FOREIGN-NAT"),
+    ("nat", "-A", "POSTROUTING", "-o", UPLINK, "-p", "udp", "--dport", "9", "-j", "RETURN"),
+    ("nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9998", "-j", "FOREIGN-NAT"),
+    ("raw", "-A", "PREROUTING", "-i", UPLINK, "-p", "tcp", "--dport", "9", "-j", "ACCEPT"),
+]
+
+
+def seed_foreign_rules(lab: Lab) -> str:  # noqa: F811
+    """Add FOREIGN in both families; return the node's ruleset afterwards."""
+    for family in (4, 6):
+        for table, *args in FOREIGN:
+            lab.iptables(family, "-t", table, *args)
+    return lab.ruleset()
+
+
+def without_runtime(conf: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in conf.items() if k != "runtimeConfig"}
+
+
+def with_ports(conf: dict[str, Any], ports: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(conf, runtimeConfig={"portMappings": ports})
+
+
+def gc_conf(conf: dict[str, Any], valid: list[tuple[str, str]]) -> dict[str, Any]:
+    return dict(without_runtime(conf), **{"cni.dev/valid-attachments": [{"containerID": c, "ifname": i}
+                                                                         for c, i in valid]})
+
+
+def diff(before: str, after: str) -> str:
+    import difflib
+    return "\n".join(difflib.unified_diff(before.splitlines(), after.splitlines(), "before", "after", lineterm=""))
+
+
+# --- 6. port conflicts -------------------------------------------------------------------
+
+
+def test_port_conflict_names_the_holder_and_leaves_every_rule_as_it_was(lab: Lab) -> None:  # noqa: F811
+    conf = lab.network(V4, V6, [TCP])
+    holder, second = lab.node.add_container(), lab.node.add_container()
+    lab.add(conf, "ctr-holder", holder)
+    lab.serve_echo(holder, tcp=80)
+    before, links = lab.ruleset(), lab.node.link_names()
+    held = reservations(conf["ipam"]["dataDir"], conf["name"])
+    # The same port and protocol: on every address, on the holder's IPv4 address, on an IPv6 one.
+    for ports in ([TCP], [dict(TCP, hostIP=NODE_V4)], [dict(TCP, hostIP=NODE_V6)],
+                  [UDP, dict(TCP, containerPort=81)]):
+        r = lab.run("ADD", with_ports(conf, ports), "ctr-second", second)
+        assert r.rc == 1 and r.code == 110, f"{ports}: {r}"
+        assert "ctr-holder" in r.msg and "8080" in r.msg, f"the error should name the holder and the port: {r}"
+        after = lab.ruleset()
+        assert after == before, f"{ports}: the failed ADD changed the rules:\n{diff(before, after)}"
+        assert lab.node.link_names() == links
+        assert lab.node.link_names(second) == {"lo"}
+        assert reservations(conf["ipam"]["dataDir"], conf["name"]) == held
+    # Another protocol on the same port is no conflict.
+    lab.add(with_ports(conf, [dict(TCP, protocol="udp")]), "ctr-second", second)
+    lab.serve_echo(second, udp=80)  # the holder serves only TCP, the second container only UDP
+    wanted = {Probe(lab.outside, "tcp", NODE_V4, 8080): OUTSIDE_V4,
+              Probe(lab.outside, "udp", NODE_V4, 8080): OUTSIDE_V4,
+              Probe(lab.outside, "tcp", NODE_V6, 8080): OUTSIDE_V6,
+              Probe(lab.outside, "udp", NODE_V6, 8080): OUTSIDE_V6}
+    answers = probe_all(list(wanted))
+    assert all(a.peer == wanted[a.probe] for a in answers), describe(answers)
+
+
+# --- 8. no trace ---------------------------------------------------------------------------
+
+
+def _many_networks(lab: Lab) -> list[tuple[dict[str, Any], str, Container]]:  # noqa: F811
+    """Attachments covering every kind of rule: masquerade and ports in both families,
+    two on one network (shared per-bridge rules), isolate, internal, hostIP."""
+    net_a = lab.network(V4, V6, [TCP, UDP])
+    net_b = lab.network("10.222.0.0/24", None, [{"hostPort": 9090, "containerPort": 80, "protocol": "tcp"}],
+                        isolate=True)
+    net_c = lab.network("10.223.0.0/24", "fd00:223::/64", ipMasq=None, isDefaultGateway=None, internal=True)
+    out = [(net_a, "ctr-a1"), (with_ports(net_a, [dict(TCP, hostPort=8081, hostIP=NODE_V4)]), "ctr-a2"),
+           (net_b, "ctr-b"), (net_c, "ctr-c")]
+    done = []
+    for conf, cid in out:
+        c = lab.node.add_container()
+        lab.add(conf, cid, c)
+        done.append((conf, cid, c))
+    return done
+
+
+def significant(ruleset: str) -> list[str]:
+    """Rules and user-defined chains: what a node without any table shows as nothing."""
+    return [line for line in ruleset.splitlines()
+            if line.startswith("-A") or (line.startswith(":") and not re.match(r":[A-Z]+ (ACCEPT|DROP)$", line))]
+
+
+def test_a_pristine_node_has_no_rule_and_no_chain_left_after_the_last_del(lab: Lab) -> None:  # noqa: F811
+    assert significant(lab.ruleset()) == []
+    attachments = _many_networks(lab)
+    assert significant(lab.ruleset()) != []
+    for conf, cid, c in reversed(attachments):
+        lab.ok("DEL", conf, cid, c)
+    assert significant(lab.ruleset()) == [], lab.ruleset()
+
+
+def test_rules_after_the_last_del_are_exactly_those_before_the_first_add(lab: Lab) -> None:  # noqa: F811
+    before = seed_foreign_rules(lab)
+    attachments = _many_networks(lab)
+    during = lab.ruleset()
+    assert "CNIBR-" in during and during != before
+    for i in (0, 2, 3, 1):  # not in ADD order: shared rules go with their last user
+        conf, cid, c = attachments[i]
+        lab.ok("DEL", conf, cid, c)
+    after = lab.ruleset()
+    assert after == before, diff(before, after)
+    # A repeated DEL changes nothing either.
+    for conf, cid, c in attachments:
+        lab.ok("DEL", conf, cid, c)
+    assert lab.ruleset() == before
+
+
+def test_rules_are_removed_by_del_after_the_container_namespace_is_gone(lab: Lab) -> None:  # noqa: F811
+    before = seed_foreign_rules(lab)
+    attachments = _many_networks(lab)
+    for _, _, c in attachments:
+        nstools.delete_netns(c.name)
+    for i, (conf, cid, c) in enumerate(attachments):
+        # The runtime may still pass the old path, or nothing at all.
+        lab.ok("DEL", conf, cid, netns_path=c.path if i % 2 else "")
+    after = lab.ruleset()
+    assert after == before, diff(before, after)
+
+
+def test_gc_removes_the_rules_of_attachments_not_valid(lab: Lab) -> None:  # noqa: F811
+    before = seed_foreign_rules(lab)
+    attachments = _many_networks(lab)
+    net_a, net_b = attachments[0][0], attachments[2][0]
+
+    def lines_of(network: str) -> list[str]:
+        return [line for line in lab.ruleset().splitlines() if f"net={network} " in line]
+
+    b_lines = lines_of(net_b["name"])
+    a1_lines = [line for line in lines_of(net_a["name"]) if " id=ctr-a1 " in line]
+    assert b_lines and a1_lines
+    # ctr-a1 still valid: only ctr-a2's rules go.
+    lab.ok("GC", gc_conf(net_a, [("ctr-a1", "eth0")]))
+    assert lines_of(net_a["name"]) == a1_lines
+    # Nothing of net_a valid: all of it goes; the other networks keep theirs.
+    lab.ok("GC", gc_conf(net_a, []))
+    assert lines_of(net_a["name"]) == []
+    assert lines_of(net_b["name"]) == b_lines
+    for conf, _, _ in attachments[2:]:
+        lab.ok("GC", gc_conf(conf, []))
+    after = lab.ruleset()
+    assert after == before, diff(before, after)
+
+
+# --- 9. CHECK ------------------------------------------------------------------------------
+
+
+def _saved_rule(lab: Lab, family: int, chain_prefix: str, needle: str) -> tuple[str, str]:  # noqa: F811
+    """(chain, spec) of the nat rule in a chain starting with chain_prefix whose text has needle."""
+    for line in lab.save(family).splitlines():
+        if line.startswith(f"-A {chain_prefix}") and needle in line:
+            chain, _, spec = line[3:].partition(" ")
+            return chain, spec
+    raise AssertionError(f"no rule {chain_prefix}* with {needle!r} in:\n{lab.save(family)}")
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
+def test_check_passes_after_add_and_fails_when_a_nat_rule_is_deleted(lab: Lab, version: str) -> None:  # noqa: F811
+    conf = lab.network(V4, V6, [TCP, UDP], version=version)
+    c = lab.node.add_container()
+    result = lab.add(conf, "ctr-check", c)
+    check = with_prev(conf, result)
+    lab.ok("CHECK", check, "ctr-check", c)
+    cases = [
+        (4, "CNIBR-MASQ-", "-j MASQUERADE"),             # the masquerade itself
+        (6, "POSTROUTING", "-s fd00:221::2/128"),         # the jump to the masquerade chain
+        (4, "CNIBR-DNAT-", "--dport 8080 -j DNAT"),       # a published TCP port
+        (6, "CNIBR-DNAT-", "--dport 5353 -j DNAT"),       # a published UDP port
+        (4, "PREROUTING", "shared=hostport"),             # the shared jump all published ports need
+    ]
+    for family, chain_prefix, needle in cases:
+        chain, spec = _saved_rule(lab, family, chain_prefix, needle)
+        lab.iptables(family, "-t", "nat", "-D", chain, *shlex.split(spec))
+        r = lab.run("CHECK", check, "ctr-check", c)
+        assert r.rc == 1 and r.code == 108, f"CHECK passed without IPv{family} -A {chain} {spec}: {r}"
+        assert chain in r.msg, f"the error should name the missing rule: {r}"
+        lab.iptables(family, "-t", "nat", "-A", chain, *shlex.split(spec))
+        lab.ok("CHECK", check, "ctr-check", c)
