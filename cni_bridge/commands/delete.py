@@ -43,12 +43,10 @@ def _delete_container_end(request: Request, log: Log) -> None:
 
 
 def _remove_firewall(request: Request) -> None:
-    import os
-    from ..firewall.state import attachment_key
+    from ..firewall.state import attachment_key, is_recorded
     conf, inv = request.conf, request.invocation
-    key = attachment_key(conf.name, inv.container_id, inv.ifname)
-    # Only an attachment whose ADD installed rules has a record: skip the import otherwise.
-    if os.path.exists(os.path.join(conf.state_dir, "attachments", f"{key}.json")):
+    # Only an attachment whose ADD installed rules has a record: skip the iptables code otherwise.
+    if is_recorded(conf.state_dir, attachment_key(conf.name, inv.container_id, inv.ifname)):
         from ..firewall import remove
         remove(conf.name, inv.container_id, inv.ifname, conf.state_dir)
 

@@ -27,7 +27,7 @@ import os
 from ..errors import CHECK_FAILED, FIREWALL_FAILURE, CniError
 from . import iptables, plan
 from .plan import AttachmentRules, Claim, FamilyPlan, Shared
-from .state import Attachment, Installed, Store, attachment_key
+from .state import Attachment, Installed, Store, attachment_key, is_recorded
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def install(rules: AttachmentRules, state_dir: str) -> Callable[[], None]:
     plans = _plans(rules)
     claims = plan.claims(rules)
     key = attachment_key(rules.network, rules.container_id, rules.ifname)
-    if not plans and not claims and not _recorded(state_dir, key):
+    if not plans and not claims and not is_recorded(state_dir, key):
         return _nothing
     with Store(state_dir) as store:
         _install_locked(store, rules, key, plans, claims)
@@ -67,12 +67,6 @@ def _plans(rules: AttachmentRules) -> tuple[FamilyPlan, ...]:
     # kernel without IPv6 has no ip6tables to hold them, and nothing to forward.
     families = _families_available()
     return tuple(fp for fp in plan.build(rules) if fp.family in families)
-
-
-def _recorded(state_dir: str, key: str) -> bool:
-    # Unlocked peek: only an ADD of this very attachment could create the file meanwhile,
-    # and the runtime never runs two commands for one attachment at once.
-    return os.path.exists(os.path.join(state_dir, "attachments", f"{key}.json"))
 
 
 def _install_locked(store: Store, rules: AttachmentRules, key: str,
@@ -153,7 +147,7 @@ def remove(network: str, container_id: str, ifname: str, state_dir: str) -> None
     then kept, so a retry (or GC) tries again.
     """
     key = attachment_key(network, container_id, ifname)
-    if not _recorded(state_dir, key):
+    if not is_recorded(state_dir, key):
         return
     with Store(state_dir) as store:
         att = store.load(key)

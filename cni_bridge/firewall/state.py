@@ -61,6 +61,16 @@ def attachment_key(network: str, container_id: str, ifname: str) -> str:
     return attachment_digest(network, container_id, ifname)[:_KEY_DIGITS]
 
 
+def record_path(state_dir: str, key: str) -> str:
+    return os.path.join(state_dir, "attachments", f"{key}.json")
+
+
+def is_recorded(state_dir: str, key: str) -> bool:
+    """An unlocked peek: only an ADD of this very attachment could create the record
+    meanwhile, and the runtime never runs two commands for one attachment at once."""
+    return os.path.exists(record_path(state_dir, key))
+
+
 @record(frozen=True)
 class Installed:
     """What ADD put into one family: own chains, own rules (exact text), shared keys used."""
@@ -241,7 +251,7 @@ class Store:
     # --- attachments ----------------------------------------------------------------
 
     def _attachment_path(self, key: str) -> str:
-        return self._path("attachments", f"{key}.json")
+        return record_path(self.directory, key)
 
     def load(self, key: str) -> Attachment | None:
         path = self._attachment_path(key)

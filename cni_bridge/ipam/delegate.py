@@ -104,10 +104,6 @@ class Delegated:
             raise CniError(DELEGATE_FAILURE, f"IPAM plugin {self.ipam.type} returned no IP addresses")
         return result
 
-    def reserved(self) -> list[str]:
-        prev = self.request.conf.prev_result
-        return [ip.ip for ip in prev.ips] if prev else []
-
     def delete(self) -> None:
         self._run("DEL")
 

@@ -61,12 +61,6 @@ class HostLocal:
             result.dns = read_resolv_conf(self.ipam.resolv_conf)
         return result
 
-    def reserved(self) -> list[str]:
-        """The addresses this attachment holds: what DEL must clean up even without the netns."""
-        if not self._exists():
-            return []
-        return [str(ip) for ip in self.store.find_by_owner(*self.request.attachment)]
-
     def delete(self) -> None:
         if self._exists():  # DEL of an unknown network must not create its directory
             allocator.release(self.store, *self.request.attachment)

@@ -29,9 +29,7 @@ def detect_mtu(nl: Netlink) -> int:
 
 
 def ignore_router_advertisements(ifname: str) -> None:
-    key = ("net/ipv6/conf/{}/accept_ra", ifname)
-    if sysctl.read(key) not in (None, "0"):  # None: IPv6 is disabled on this host
-        sysctl.write(key, 0)
+    sysctl.ensure_if_present(("net/ipv6/conf/{}/accept_ra", ifname), 0)
 
 
 def ensure_bridge(nl: Netlink, name: str, *, mtu: int, vlan_filtering: bool, promisc: bool) -> Link:
@@ -56,9 +54,7 @@ def ensure_bridge(nl: Netlink, name: str, *, mtu: int, vlan_filtering: bool, pro
     # While its link-local address is tentative (DAD, ~2 s) the kernel queues forwarded IPv6
     # packets instead of resolving neighbours: the first pod's first packets would wait. Its
     # MAC, and so its link-local address, is derived from its unique name.
-    key = ("net/ipv6/conf/{}/accept_dad", name)
-    if sysctl.read(key) not in (None, "0"):
-        sysctl.write(key, 0)
+    sysctl.ensure_if_present(("net/ipv6/conf/{}/accept_dad", name), 0)
     if not link.up or link.promisc != promisc:
         nl.set_link(link.index, up=True, promisc=promisc if link.promisc != promisc else None)
     return link

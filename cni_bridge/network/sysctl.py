@@ -93,6 +93,15 @@ def write(key: Key, value: str | int) -> None:
         ) from None
 
 
+def ensure_if_present(key: Key, value: str | int) -> bool:
+    """ensure() for keys that may legitimately be absent (IPv6 disabled on the host)."""
+    current = read(key)
+    if current is None or current.split() == str(value).split():
+        return False
+    write(key, value)
+    return True
+
+
 def ensure(key: Key, value: str | int) -> bool:
     """Write only if the value differs; returns whether it wrote.
 
