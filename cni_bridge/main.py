@@ -86,7 +86,8 @@ def _version(raw: bytes) -> None:
 
 def _describe() -> None:
     sys.stderr.write(f"CNI {PLUGIN_NAME} plugin {__version__}\n"
-                     f"CNI protocol versions supported: {', '.join(versions.SUPPORTED_VERSIONS)}\n")
+                     f"CNI protocol versions supported: {', '.join(versions.SUPPORTED_VERSIONS)}\n"
+                     f"Run '{PLUGIN_NAME} --help' to use it as a runner (add, check, del, gc, status).\n")
 
 
 def _run_command(command: str, raw: bytes, environ: dict[str, str], state: dict[str, str]) -> int:
@@ -111,6 +112,9 @@ def _run_command(command: str, raw: bytes, environ: dict[str, str], state: dict[
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     environ = dict(os.environ) if environ is None else environ
     argv = sys.argv[1:] if argv is None else argv
+    if argv:  # runtimes never pass arguments: with them, this is the cnitool-like runner
+        from .runner.cli import run
+        return run(argv, environ)
     command = environ.get("CNI_COMMAND", "")
     if not command:
         _describe()

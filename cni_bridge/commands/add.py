@@ -62,7 +62,18 @@ def _merge_previous(prev: Result | None, ours: Result) -> Result:
                   routes=prev.routes + ours.routes, dns=ours.dns if not ours.dns.is_empty() else prev.dns)
 
 
+def _refuse_interface_from_earlier_plugin(request: Request) -> None:
+    """A plugin before us in the list already made CNI_IFNAME: say so instead of a bare "exists"."""
+    prev, ifname = request.conf.prev_result, request.invocation.ifname
+    if prev is not None and any(i.name == ifname and i.sandbox for i in prev.interfaces):
+        raise CniError(INTERFACE_EXISTS, f'interface "{ifname}" was already created by a plugin before '
+                       f"{request.conf.type} in the list (it is in prevResult)",
+                       "cni-bridge creates the container interface itself: put it first in the list, or "
+                       "before only plugins that add no interface of this name (loopback, for example)")
+
+
 def run_add(request: Request, log: Log) -> Result:
+    _refuse_interface_from_earlier_plugin(request)
     if versions.is_legacy(request.conf.cni_version) and request.conf.ipam is None:
         raise CniError(RESULT_CONVERSION, f"cannot convert result to CNI version {request.conf.cni_version}: "
                        "no valid IP addresses", "an L2-only network needs cniVersion 0.3.0 or later")

@@ -1,0 +1,1 @@
+"""The runner: the same executable, called with arguments, drives whole network lists like cnitool."""
