@@ -3,6 +3,9 @@
 #   ./build.sh          build dist/cni-bridge (installs what the build needs)
 #   ./build.sh test     build, then run the whole test suite (installs what the tests need)
 #   ./build.sh bench    build, then time the plugin next to the reference plugins
+#   ./build.sh demo     build, then attach a throwaway container to the shipped network and show it working
+#   ./build.sh install [--prefix DIR]   build, then install the plugin and the default network list
+#   ./build.sh uninstall [--prefix DIR] remove what install put there (a changed network list stays)
 #   ./build.sh clean    remove build outputs and the virtualenv
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
@@ -12,7 +15,7 @@ VENV=.venv
 PYTHON=/usr/bin/python3
 
 BUILD_PACKAGES=(python3 python3-venv python3-dev libpython3.11 binutils iproute2 iptables)
-TEST_PACKAGES=(iputils-ping socat conntrack busybox-static containernetworking-plugins)
+TEST_PACKAGES=(iputils-ping socat conntrack busybox-static containernetworking-plugins podman runc containerd)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -75,10 +78,87 @@ run_tests() {
     CNI_BRIDGE_BIN="$PWD/dist/cni-bridge" $VENV/bin/python -m pytest -q "$@"
 }
 
+# --- install ----------------------------------------------------------------------------
+# CNI_BIN_DIR and CNI_CONF_DIR choose the two directories; --prefix DIR puts both under DIR
+# (for staging a package root). The executable is a one-folder bundle: it goes next to the
+# plugins as cni-bridge-<content hash>.d/, and BIN_DIR/cni-bridge is a symlink into it,
+# swapped atomically so a runtime calling the plugin during an upgrade never finds it missing.
+
+install_dirs() {
+    local prefix=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
+            --prefix=*) prefix=${1#--prefix=}; shift ;;
+            *) echo "build.sh: unknown option $1" >&2; exit 2 ;;
+        esac
+    done
+    BIN_DIR=${CNI_BIN_DIR:-$prefix/opt/cni/bin}
+    CONF_DIR=${CNI_CONF_DIR:-$prefix/etc/cni/net.d}
+}
+
+bundle_id() {
+    (cd dist/cni-bridge.d && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
+}
+
+install_plugin() {
+    install_dirs "$@"
+    local bundle previous="" conflist=conf/10-cni-bridge.conflist
+    bundle="cni-bridge-$(bundle_id).d"
+    mkdir -p "$BIN_DIR" "$CONF_DIR"
+    if [ -L "$BIN_DIR/cni-bridge" ]; then
+        previous=$(readlink "$BIN_DIR/cni-bridge"); previous=${previous%%/*}
+    elif [ -e "$BIN_DIR/cni-bridge" ]; then
+        echo "build.sh: $BIN_DIR/cni-bridge exists and is not ours (not a symlink into a bundle); not touching it" >&2
+        exit 1
+    fi
+    if [ ! -d "$BIN_DIR/$bundle" ]; then
+        rm -rf "$BIN_DIR/.$bundle.tmp"
+        cp -a dist/cni-bridge.d "$BIN_DIR/.$bundle.tmp"
+        mv -T "$BIN_DIR/.$bundle.tmp" "$BIN_DIR/$bundle"
+    fi
+    ln -sfn "$bundle/cni-bridge" "$BIN_DIR/.cni-bridge.tmp"
+    mv -T "$BIN_DIR/.cni-bridge.tmp" "$BIN_DIR/cni-bridge"
+    # Keep the bundle the old symlink pointed to: a plugin started from it may still be loading modules.
+    for old in "$BIN_DIR"/cni-bridge-*.d; do
+        case "$(basename "$old")" in "$bundle"|"$previous") ;; *) rm -rf "$old" ;; esac
+    done
+    log "installed $BIN_DIR/cni-bridge -> $bundle/cni-bridge"
+    if [ ! -e "$CONF_DIR/$(basename $conflist)" ]; then
+        install -m 0644 $conflist "$CONF_DIR/"
+        log "installed $CONF_DIR/$(basename $conflist)"
+    elif cmp -s $conflist "$CONF_DIR/$(basename $conflist)"; then
+        log "$CONF_DIR/$(basename $conflist) is already the shipped one"
+    else
+        log "skipped $CONF_DIR/$(basename $conflist): a different file is there, left as it is"
+    fi
+}
+
+uninstall_plugin() {
+    install_dirs "$@"
+    local conflist=conf/10-cni-bridge.conflist
+    if [ -L "$BIN_DIR/cni-bridge" ]; then
+        rm -f "$BIN_DIR/cni-bridge"
+        log "removed $BIN_DIR/cni-bridge"
+    fi
+    for old in "$BIN_DIR"/cni-bridge-*.d; do
+        [ -d "$old" ] && rm -rf "$old" && log "removed $old"
+    done
+    if cmp -s $conflist "$CONF_DIR/$(basename $conflist)"; then
+        rm -f "$CONF_DIR/$(basename $conflist)"
+        log "removed $CONF_DIR/$(basename $conflist)"
+    elif [ -e "$CONF_DIR/$(basename $conflist)" ]; then
+        log "left $CONF_DIR/$(basename $conflist): it differs from the shipped one (remove it by hand)"
+    fi
+}
+
 case "${1:-build}" in
     build) build ;;
     test) shift; build; run_tests "$@" ;;
     bench) shift; build; apt_install "${TEST_PACKAGES[@]}"; $VENV/bin/python tests/bench.py "$@" ;;
+    demo) shift; build; tests/demo.sh "$@" ;;
+    install) shift; build; install_plugin "$@" ;;
+    uninstall) shift; need_root; uninstall_plugin "$@" ;;
     clean) rm -rf build dist $VENV ;;
-    *) echo "usage: $0 [build|test|bench|clean]" >&2; exit 2 ;;
+    *) echo "usage: $0 [build|test|bench|demo|install|uninstall|clean]" >&2; exit 2 ;;
 esac

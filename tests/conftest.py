@@ -30,6 +30,9 @@ def _host_snapshot() -> dict[str, str]:
         "iptables-legacy-save": "\n".join(line for line in (out("iptables-legacy-save") + out("ip6tables-legacy-save"))
                                           .splitlines() if line.startswith(("-A", ":"))),
         "/run/cni-bridge": str(os.path.exists("/run/cni-bridge")),
+        # Where runtimes and the runner keep plugins, network lists and cached results.
+        **{path: "\n".join(sorted(os.listdir(path))) if os.path.isdir(path) else "absent"
+           for path in ("/opt/cni/bin", "/etc/cni/net.d", "/var/lib/cni", "/var/lib/cni/results")},
     }
 
 

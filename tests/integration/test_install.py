@@ -1,0 +1,108 @@
+"""`./build.sh install` and `uninstall`, into test-owned directories (--prefix and the environment)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from tests.plugin import REPO, requires_plugin
+
+pytestmark = [pytest.mark.integration, requires_plugin]
+
+SHIPPED = os.path.join(REPO, "conf", "10-cni-bridge.conflist")
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="cbt-install-")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def build_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("CNI_BIN_DIR", "CNI_CONF_DIR")}
+    return subprocess.run([os.path.join(REPO, "build.sh"), *args], env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def version_of(executable: str) -> dict[str, object]:
+    out = subprocess.run([executable], input="{}", env={"CNI_COMMAND": "VERSION"}, capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def test_install_with_prefix_then_uninstall(prefix: str) -> None:
+    r = build_sh("install", "--prefix", prefix)
+    assert r.returncode == 0, r.stderr
+    bin_dir, conf_dir = f"{prefix}/opt/cni/bin", f"{prefix}/etc/cni/net.d"
+    plugin = os.path.join(bin_dir, "cni-bridge")
+    assert os.path.islink(plugin) and not os.path.isabs(os.readlink(plugin))  # the directory can be moved
+    assert "1.1.0" in version_of(plugin)["supportedVersions"]  # type: ignore[operator]
+    with open(SHIPPED, "rb") as a, open(os.path.join(conf_dir, "10-cni-bridge.conflist"), "rb") as b:
+        assert a.read() == b.read()
+    bundles = [d for d in os.listdir(bin_dir) if d.startswith("cni-bridge-")]
+    assert len(bundles) == 1 and os.readlink(plugin).startswith(bundles[0] + "/")
+
+    again = build_sh("install", "--prefix", prefix)  # idempotent
+    assert again.returncode == 0 and "already the shipped one" in again.stderr
+    assert len([d for d in os.listdir(bin_dir) if d.startswith("cni-bridge-")]) == 1
+
+    r = build_sh("uninstall", "--prefix", prefix)
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(bin_dir) == [] and os.listdir(conf_dir) == []
+
+
+def test_an_existing_network_list_is_never_overwritten_and_survives_uninstall(prefix: str) -> None:
+    bin_dir, conf_dir = f"{prefix}/plugins", f"{prefix}/netd"
+    os.makedirs(conf_dir)
+    mine = os.path.join(conf_dir, "10-cni-bridge.conflist")
+    with open(mine, "w") as f:
+        f.write('{"name": "mine"}\n')
+    env = {"CNI_BIN_DIR": bin_dir, "CNI_CONF_DIR": conf_dir}
+    r = build_sh("install", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"skipped {mine}" in r.stderr
+    assert open(mine).read() == '{"name": "mine"}\n'
+    assert os.access(os.path.join(bin_dir, "cni-bridge"), os.X_OK)
+
+    r = build_sh("uninstall", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"left {mine}" in r.stderr and os.path.exists(mine)
+    assert not os.path.lexists(os.path.join(bin_dir, "cni-bridge"))
+
+
+def test_install_refuses_to_replace_a_foreign_executable(prefix: str) -> None:
+    bin_dir = os.path.join(prefix, "bin")
+    os.makedirs(bin_dir)
+    foreign = os.path.join(bin_dir, "cni-bridge")
+    with open(foreign, "w") as f:
+        f.write("#!/bin/sh\n")
+    r = build_sh("install", env={"CNI_BIN_DIR": bin_dir, "CNI_CONF_DIR": os.path.join(prefix, "netd")})
+    assert r.returncode != 0 and "not ours" in r.stderr
+    assert open(foreign).read() == "#!/bin/sh\n"
+
+
+def test_an_upgrade_keeps_the_previous_bundle_for_plugins_still_running(prefix: str) -> None:
+    bin_dir = os.path.join(prefix, "bin")
+    env = {"CNI_BIN_DIR": bin_dir, "CNI_CONF_DIR": os.path.join(prefix, "netd")}
+    assert build_sh("install", env=env).returncode == 0
+    current = os.readlink(os.path.join(bin_dir, "cni-bridge")).split("/")[0]
+    # Two older installs: one the symlink points to (kept), one nothing points to (removed).
+    for old in ("cni-bridge-000000000000.d", "cni-bridge-111111111111.d"):
+        shutil.copytree(os.path.join(bin_dir, current), os.path.join(bin_dir, old), symlinks=True)
+    shutil.rmtree(os.path.join(bin_dir, current))
+    os.unlink(os.path.join(bin_dir, "cni-bridge"))
+    os.symlink("cni-bridge-111111111111.d/cni-bridge", os.path.join(bin_dir, "cni-bridge"))
+
+    assert build_sh("install", env=env).returncode == 0
+    assert sorted(d for d in os.listdir(bin_dir) if d.startswith("cni-bridge-")) == \
+        sorted(["cni-bridge-111111111111.d", current])
+    assert os.readlink(os.path.join(bin_dir, "cni-bridge")) == f"{current}/cni-bridge"
