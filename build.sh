@@ -15,7 +15,7 @@ VENV=.venv
 PYTHON=/usr/bin/python3
 
 BUILD_PACKAGES=(python3 python3-venv python3-dev libpython3.11 binutils iproute2 iptables)
-TEST_PACKAGES=(iputils-ping socat conntrack busybox-static containernetworking-plugins podman runc containerd)
+TEST_PACKAGES=(curl iputils-ping socat conntrack busybox-static containernetworking-plugins podman runc containerd)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -156,7 +156,7 @@ case "${1:-build}" in
     build) build ;;
     test) shift; build; run_tests "$@" ;;
     bench) shift; build; apt_install "${TEST_PACKAGES[@]}"; $VENV/bin/python tests/bench.py "$@" ;;
-    demo) shift; build; tests/demo.sh "$@" ;;
+    demo) shift; build; apt_install curl; tests/demo.sh "$@" ;;
     install) shift; build; install_plugin "$@" ;;
     uninstall) shift; need_root; uninstall_plugin "$@" ;;
     clean) rm -rf build dist $VENV ;;
