@@ -40,6 +40,7 @@ commands
            called with DEL (in reverse order) so nothing stays half attached.
   check    CHECK every plugin against the cached result (cniVersion 0.4.0 or later).
   del      DEL through every plugin in reverse order with the cached result; drops the cache.
+           check and del use the CNI_ARGS and CAP_ARGS cached by add unless they are given again.
   gc       DEL every cached attachment of NETNAME whose netns no longer exists, then GC every
            plugin with the remaining cached attachments as cni.dev/valid-attachments
            (cniVersion 1.1.0 or later). The cache is taken as the complete list of live

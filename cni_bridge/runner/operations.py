@@ -85,11 +85,21 @@ class ListRunner:
 
     # --- cached results -----------------------------------------------------------------
 
-    def _cached_result(self, netlist: NetworkList, attachment: Attachment) -> dict[str, Any] | None:
+    def _cached(self, netlist: NetworkList, attachment: Attachment) -> tuple[dict[str, Any] | None, Attachment]:
+        """The cached result (in the list's version) and the attachment completed from the cache.
+
+        A runtime passes DEL and CHECK the same CNI_ARGS and capability arguments as the ADD (portmap,
+        say, removes nothing and checks nothing without its portMappings); the cache keeps them for that.
+        When the caller gives none again, those of the ADD are used.
+        """
         entry = self.cache.read(netlist.name, attachment.container_id, attachment.ifname)
-        if entry is None or entry.result is None:
-            return None
-        return _as_version(entry.result, netlist.cni_version)
+        if entry is None:
+            return None, attachment
+        completed = Attachment(attachment.container_id, attachment.netns, attachment.ifname,
+                               attachment.cni_args or entry.cni_args,
+                               attachment.capability_args or entry.capability_args)
+        result = _as_version(entry.result, netlist.cni_version) if entry.result is not None else None
+        return result, completed
 
     # --- the list commands --------------------------------------------------------------
 
@@ -111,14 +121,20 @@ class ListRunner:
         return result
 
     def _undo_failed_add(self, netlist: NetworkList, attachment: Attachment, error: CniError) -> CniError:
-        """Runtimes DEL an attachment whose ADD failed; so does the runner, so nothing stays half made."""
-        try:
-            self._delete_all(netlist, attachment, None)
-        except CniError as cleanup:
-            return CniError(error.code, error.msg,
-                            "; ".join(filter(None, [error.details, f"cleanup DEL also failed: {cleanup}"])))
-        return CniError(error.code, error.msg,
-                        "; ".join(filter(None, [error.details, "the partial attachment was deleted"])))
+        """Runtimes DEL an attachment whose ADD failed; so does the runner, so nothing stays half made.
+
+        Best effort: every plugin gets its DEL even when another one's DEL fails or the plugin cannot be
+        found (a missing plugin later in the list must not keep the earlier ones from cleaning up).
+        """
+        problems = []
+        for plugin in reversed(netlist.plugins):
+            try:
+                self._run("DEL", netlist, plugin, None, attachment)
+            except CniError as cleanup:
+                problems.append(str(_failed(plugin, "delete", cleanup)))
+        outcome = (f"cleanup DEL also failed: {'; '.join(problems)}" if problems
+                   else "the partial attachment was deleted")
+        return CniError(error.code, error.msg, "; ".join(filter(None, [error.details, outcome])))
 
     def check(self, netlist: NetworkList, attachment: Attachment) -> None:
         if not _at_least(netlist.cni_version, "0.4.0"):
@@ -126,7 +142,7 @@ class ListRunner:
                            f"configuration version {netlist.cni_version!r} does not support the CHECK command")
         if netlist.disable_check:
             return
-        cached = self._cached_result(netlist, attachment)
+        cached, attachment = self._cached(netlist, attachment)
         if cached is None:
             raise CniError(CONTAINER_UNKNOWN, f"no cached result for {attachment.ifname} of container "
                            f"{attachment.container_id} on network {netlist.name!r}",
@@ -138,7 +154,9 @@ class ListRunner:
                 raise _failed(plugin, "check", error) from None
 
     def delete(self, netlist: NetworkList, attachment: Attachment) -> None:
-        cached = self._cached_result(netlist, attachment) if _at_least(netlist.cni_version, "0.4.0") else None
+        cached, attachment = self._cached(netlist, attachment)
+        if not _at_least(netlist.cni_version, "0.4.0"):
+            cached = None  # DEL gets prevResult from 0.4.0 on
         self._delete_all(netlist, attachment, cached)
         self.cache.delete(netlist.name, attachment.container_id, attachment.ifname)
 
