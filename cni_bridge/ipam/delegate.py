@@ -1,7 +1,6 @@
 """IPAM types other than host-local: run the plugin of that name from CNI_PATH, as the spec says.
 
-Same environment, the whole config on stdin, its stderr passed through. subprocess costs
-~20 ms to import, so the child is started with posix_spawn and its stdin is a memfd.
+Same environment, the whole config on stdin, its stderr passed through (../plugin_exec.py).
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ import json
 import os
 
 from ..errors import DELEGATE_FAILURE, CniError
+from ..plugin_exec import error_object, find_executable, spawn
 from ..result import IPConfig, Result, parse_result
 from ..versions import SUPPORTED_VERSIONS
 
@@ -20,50 +20,30 @@ if TYPE_CHECKING:
 
 
 def find_plugin(name: str, paths: tuple[str, ...]) -> str:
-    for directory in paths:
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise CniError(DELEGATE_FAILURE, f'failed to find IPAM plugin "{name}" in path {list(paths)}',
-                   "set CNI_PATH to the directories holding the IPAM plugin")
+    executable = find_executable(name, paths)
+    if executable is None:
+        raise CniError(DELEGATE_FAILURE, f'failed to find IPAM plugin "{name}" in path {list(paths)}',
+                       "set CNI_PATH to the directories holding the IPAM plugin")
+    return executable
 
 
 def run_plugin(executable: str, command: str, stdin: bytes, environ: dict[str, str]) -> bytes:
-    env = dict(environ)
-    env["CNI_COMMAND"] = command
-    stdin_fd = os.memfd_create("cni-config", os.MFD_CLOEXEC)
-    read_fd, write_fd = os.pipe()
     try:
-        os.write(stdin_fd, stdin)
-        os.lseek(stdin_fd, 0, os.SEEK_SET)
-        pid = os.posix_spawn(executable, [executable], env,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, stdin_fd, 0), (os.POSIX_SPAWN_DUP2, write_fd, 1)])
-        os.close(write_fd)
-        write_fd = -1
-        chunks = []
-        while chunk := os.read(read_fd, 65536):
-            chunks.append(chunk)
-        _, status = os.waitpid(pid, 0)
+        status, output = spawn(executable, stdin, {**environ, "CNI_COMMAND": command})
     except OSError as exc:
         raise CniError(DELEGATE_FAILURE, f"failed to run IPAM plugin {executable}: {exc.strerror}") from None
-    finally:
-        for fd in (stdin_fd, read_fd, write_fd):
-            if fd >= 0:
-                os.close(fd)
-    output = b"".join(chunks)
-    if os.waitstatus_to_exitcode(status) != 0:
+    if status != 0:
         _raise_plugin_error(executable, command, output)
     return output
 
 
 def _raise_plugin_error(executable: str, command: str, output: bytes) -> None:
     name = os.path.basename(executable)
-    try:
-        error = json.loads(output)
-        code, msg, details = int(error["code"]), str(error.get("msg", "")), str(error.get("details", ""))
-    except (ValueError, KeyError, TypeError):
+    error = error_object(output)
+    if error is None:
         raise CniError(DELEGATE_FAILURE, f"IPAM plugin {name} {command} failed",
-                       output.decode(errors="replace")[:2000]) from None
+                       output.decode(errors="replace")[:2000])
+    code, msg, details = error
     # Well-known codes mean the same from any plugin; a delegate's own codes would be read as ours.
     if code >= 100:
         details = f"{name} error code {code}" + (f": {details}" if details else "")

@@ -1,4 +1,4 @@
-"""Running one plugin executable the way libcni's invoke package does."""
+"""Running one plugin of a list the way libcni's invoke package does: environment, errors, result."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 
 from ..errors import DECODE_FAILURE, PLUGIN_NOT_AVAILABLE, CniError
+from ..plugin_exec import error_object, find_executable, spawn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -13,15 +14,11 @@ if TYPE_CHECKING:
 
 
 def find_plugin(plugin_type: str, search_path: tuple[str, ...]) -> str:
-    """The first ``DIR/TYPE`` along CNI_PATH that is an executable file."""
-    if not plugin_type or "/" in plugin_type or plugin_type in (".", ".."):
-        raise CniError(PLUGIN_NOT_AVAILABLE, f"invalid plugin type {plugin_type!r}")
-    for directory in search_path:
-        candidate = os.path.join(directory, plugin_type)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise CniError(PLUGIN_NOT_AVAILABLE, f'failed to find plugin "{plugin_type}" in path {list(search_path)}',
-                   "set CNI_PATH to the directories that hold the plugins")
+    executable = find_executable(plugin_type, search_path)
+    if executable is None:
+        raise CniError(PLUGIN_NOT_AVAILABLE, f'failed to find plugin "{plugin_type}" in path {list(search_path)}',
+                       "set CNI_PATH to the directories that hold the plugins")
+    return executable
 
 
 def plugin_env(command: str, container_id: str, netns: str, ifname: str, cni_args: str,
@@ -34,12 +31,9 @@ def plugin_env(command: str, container_id: str, netns: str, ifname: str, cni_arg
 
 
 def _error_from_output(executable: str, status: int, stdout: bytes) -> CniError:
-    try:
-        doc = json.loads(stdout)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("code"), int) and isinstance(doc.get("msg"), str):
-        return CniError(doc["code"], doc["msg"], str(doc.get("details") or ""))
+    error = error_object(stdout)
+    if error is not None:
+        return CniError(*error)
     text = stdout.decode(errors="replace").strip()
     return CniError(DECODE_FAILURE, f"netplugin failed: {text!r}" if text else "netplugin failed with no output",
                     f"{executable} exited with status {status}")
@@ -47,17 +41,16 @@ def _error_from_output(executable: str, status: int, stdout: bytes) -> CniError:
 
 def exec_plugin(executable: str, stdin: bytes, env: dict[str, str], want_result: bool) -> dict[str, Any] | None:
     """Run the plugin; its stderr goes to ours. A failure comes back as the plugin's own CNI error."""
-    import subprocess
     try:
-        proc = subprocess.run([executable], input=stdin, env=env, stdout=subprocess.PIPE, check=False)
+        status, stdout = spawn(executable, stdin, env)
     except OSError as exc:
         raise CniError(PLUGIN_NOT_AVAILABLE, f"cannot run {executable}", str(exc)) from None
-    if proc.returncode != 0:
-        raise _error_from_output(executable, proc.returncode, proc.stdout)
+    if status != 0:
+        raise _error_from_output(executable, status, stdout)
     if not want_result:
         return None
     try:
-        result = json.loads(proc.stdout)
+        result = json.loads(stdout)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CniError(DECODE_FAILURE, f"{executable} printed no valid result", str(exc)) from None
     if not isinstance(result, dict):
