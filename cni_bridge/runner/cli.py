@@ -50,7 +50,8 @@ commands
 
 arguments
   NETNAME  the "name" of a network list in NETCONFPATH.
-  NETNS    a network namespace path (/proc/PID/ns/net, /run/netns/NAME) or a name in {NETNS_DIR}.
+  NETNS    a network namespace path (/proc/PID/ns/net, /run/netns/NAME, ./relative/path),
+           or a bare NAME, which always means {NETNS_DIR}/NAME.
 
 options
   -i, --ifname IFNAME    interface name in the container (default: $CNI_IFNAME, else eth0).
@@ -103,7 +104,9 @@ def _parse(argv: list[str]) -> tuple[str, dict[str, str], list[str]]:
 
 
 def _netns_path(arg: str) -> str:
-    if "/" not in arg and os.path.exists(os.path.join(NETNS_DIR, arg)):
+    """A bare name is always /run/netns/NAME, also once that netns is gone: del after
+    `ip netns del` must derive the same container ID as add did."""
+    if "/" not in arg and arg not in (".", ".."):
         return os.path.join(NETNS_DIR, arg)
     return os.path.abspath(arg)
 

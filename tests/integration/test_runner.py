@@ -233,6 +233,23 @@ def test_cni_bridge_masquerade_port_mapping_and_requested_ip(runner: Runner) -> 
     assert_clean(runner, c, net)
 
 
+def test_del_by_name_after_the_netns_is_gone(runner: Runner) -> None:
+    """A bare name means /run/netns/NAME also once it is deleted: del derives add's container ID."""
+    node = runner.node
+    net = node.net_name()
+    runner.write_list(net, [runner.cni_bridge(node.bridge_name(), ipMasq=True)])
+    c = node.add_container()
+    runner.expect_veth(net, cnitool_id(c.path), "eth0")
+    runner.ok("add", net, c.name)
+    assert len(reservations(runner.data_dir, net)) == 1 and runner.cache_entries() and node.veths()
+    nstools.delete_netns(c.name)
+    runner.ok("del", net, c.name)
+    assert node.veths() == []
+    assert reservations(runner.data_dir, net) == {}
+    assert runner.cache_entries() == []
+    assert runner.our_rules() == []
+
+
 def test_status_and_gc_keep_live_attachments(runner: Runner) -> None:
     node = runner.node
     net, bridge = node.net_name(), node.bridge_name()

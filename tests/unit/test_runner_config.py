@@ -437,12 +437,13 @@ def test_netns_name_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(cli, "NETNS_DIR", str(tmp_path))
     (tmp_path / "web").touch()
     assert cli._netns_path("web") == str(tmp_path / "web")
-    # A name that is not in the netns directory is a path relative to the working directory.
-    monkeypatch.chdir(tmp_path)
+    # A bare name means the netns directory even when that netns is gone (del after `ip netns del`
+    # must find the container ID that add derived); relative paths need a slash.
+    monkeypatch.chdir(tmp_path / "..")
     assert cli._netns_path("absent") == str(tmp_path / "absent")
     assert cli._netns_path("/proc/1/ns/net") == "/proc/1/ns/net"
     assert cli._netns_path("/run/netns/../netns/x") == "/run/netns/x"
-    assert cli._netns_path("./web") == str(tmp_path / "web")
+    assert cli._netns_path("./web") == str(tmp_path.parent / "web")
 
 
 def test_netns_name_resolves_to_run_netns() -> None:
