@@ -116,8 +116,11 @@ class ListRunner:
             except CniError as error:
                 raise self._undo_failed_add(netlist, attachment, _failed(plugin, "add", error)) from None
         assert result is not None  # a list has at least one plugin, and ADD always returns a result
-        self.cache.write(netlist.name, attachment.container_id, attachment.ifname, attachment.netns, netlist.raw,
-                         attachment.cni_args, attachment.capability_args, result)
+        try:
+            self.cache.write(netlist.name, attachment.container_id, attachment.ifname, attachment.netns,
+                             netlist.raw, attachment.cni_args, attachment.capability_args, result)
+        except CniError as error:  # without its cached result the attachment could not be checked or deleted well
+            raise self._undo_failed_add(netlist, attachment, error) from None
         return result
 
     def _undo_failed_add(self, netlist: NetworkList, attachment: Attachment, error: CniError) -> CniError:

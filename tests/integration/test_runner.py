@@ -331,6 +331,20 @@ def test_failing_later_plugin_undoes_the_whole_add(runner: Runner, failing: str)
     assert_clean(runner, c, net)
 
 
+def test_an_add_whose_result_cannot_be_cached_is_undone(runner: Runner) -> None:
+    node = runner.node
+    net, cid = node.net_name(), "rn-nocache"
+    runner.write_list(net, [runner.cni_bridge(node.bridge_name(), ipMasq=True)])
+    c = node.add_container()
+    runner.expect_veth(net, cid, "eth0")
+    blocker = os.path.join(node.temp_dir(), "not-a-directory")
+    open(blocker, "w").close()  # results/ cannot be made below a file
+    r = runner.run("add", net, c.path, "--container-id", cid, env={"CNI_CACHE_DIR": blocker})
+    assert r.rc == 1 and r.stdout == "", r
+    assert "failed to cache the result" in r.stderr and "the partial attachment was deleted" in r.stderr, r
+    assert_clean(runner, c, net)
+
+
 def test_add_twice_is_refused_and_the_first_attachment_stays(runner: Runner) -> None:
     node = runner.node
     net = node.net_name()
