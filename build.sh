@@ -84,6 +84,8 @@ run_tests() {
 # plugins as cni-bridge-<content hash>.d/, and BIN_DIR/cni-bridge is a symlink into it,
 # swapped atomically so a runtime calling the plugin during an upgrade never finds it missing.
 
+SHIPPED_CONFLIST=conf/10-cni-bridge.conflist
+
 install_dirs() {
     local prefix=""
     while [ $# -gt 0 ]; do
@@ -95,6 +97,7 @@ install_dirs() {
     done
     BIN_DIR=${CNI_BIN_DIR:-$prefix/opt/cni/bin}
     CONF_DIR=${CNI_CONF_DIR:-$prefix/etc/cni/net.d}
+    INSTALLED_CONFLIST=$CONF_DIR/$(basename $SHIPPED_CONFLIST)
 }
 
 bundle_id() {
@@ -103,7 +106,7 @@ bundle_id() {
 
 install_plugin() {
     install_dirs "$@"
-    local bundle previous="" conflist=conf/10-cni-bridge.conflist
+    local bundle previous=""
     bundle="cni-bridge-$(bundle_id).d"
     mkdir -p "$BIN_DIR" "$CONF_DIR"
     if [ -L "$BIN_DIR/cni-bridge" ]; then
@@ -124,19 +127,18 @@ install_plugin() {
         case "$(basename "$old")" in "$bundle"|"$previous") ;; *) rm -rf "$old" ;; esac
     done
     log "installed $BIN_DIR/cni-bridge -> $bundle/cni-bridge"
-    if [ ! -e "$CONF_DIR/$(basename $conflist)" ]; then
-        install -m 0644 $conflist "$CONF_DIR/"
-        log "installed $CONF_DIR/$(basename $conflist)"
-    elif cmp -s $conflist "$CONF_DIR/$(basename $conflist)"; then
-        log "$CONF_DIR/$(basename $conflist) is already the shipped one"
+    if [ ! -e "$INSTALLED_CONFLIST" ]; then
+        install -m 0644 $SHIPPED_CONFLIST "$INSTALLED_CONFLIST"
+        log "installed $INSTALLED_CONFLIST"
+    elif cmp -s $SHIPPED_CONFLIST "$INSTALLED_CONFLIST"; then
+        log "$INSTALLED_CONFLIST is already the shipped one"
     else
-        log "skipped $CONF_DIR/$(basename $conflist): a different file is there, left as it is"
+        log "skipped $INSTALLED_CONFLIST: a different file is there, left as it is"
     fi
 }
 
 uninstall_plugin() {
     install_dirs "$@"
-    local conflist=conf/10-cni-bridge.conflist
     if [ -L "$BIN_DIR/cni-bridge" ]; then
         rm -f "$BIN_DIR/cni-bridge"
         log "removed $BIN_DIR/cni-bridge"
@@ -144,11 +146,11 @@ uninstall_plugin() {
     for old in "$BIN_DIR"/cni-bridge-*.d; do
         [ -d "$old" ] && rm -rf "$old" && log "removed $old"
     done
-    if cmp -s $conflist "$CONF_DIR/$(basename $conflist)"; then
-        rm -f "$CONF_DIR/$(basename $conflist)"
-        log "removed $CONF_DIR/$(basename $conflist)"
-    elif [ -e "$CONF_DIR/$(basename $conflist)" ]; then
-        log "left $CONF_DIR/$(basename $conflist): it differs from the shipped one (remove it by hand)"
+    if cmp -s $SHIPPED_CONFLIST "$INSTALLED_CONFLIST"; then
+        rm -f "$INSTALLED_CONFLIST"
+        log "removed $INSTALLED_CONFLIST"
+    elif [ -e "$INSTALLED_CONFLIST" ]; then
+        log "left $INSTALLED_CONFLIST: it differs from the shipped one (remove it by hand)"
     fi
 }
 

@@ -69,8 +69,14 @@ echo "cni-bridge demo: network \"$NETWORK\" from $CONFLIST (a throwaway copy), i
 
 # --- ADD ------------------------------------------------------------------------------------
 runner add "$NETWORK" "/run/netns/$CTR" > "$WORK/result.json" || fail "add"
-ADDRESSES=$(python3 -c 'import json,sys; print(", ".join(i["address"] for i in json.load(open(sys.argv[1]))["ips"]))' \
-    "$WORK/result.json")
+# The addresses for the summary, and the container's IPv4 address to wait for the server on.
+{ read -r ADDRESSES; read -r CTR_V4; } < <(python3 - "$WORK/result.json" <<'EOF'
+import json, sys
+addresses = [ip["address"] for ip in json.load(open(sys.argv[1]))["ips"]]
+print(", ".join(addresses))
+print(next(a.split("/")[0] for a in addresses if "." in a))
+EOF
+)
 say "attached" "container eth0: $ADDRESSES"
 
 # --- the rules it made (every one carries a comment naming the container) --------------------
@@ -86,7 +92,6 @@ mkdir -p "$WORK/www"
 echo "hello from the container ($ADDRESSES)" > "$WORK/www/index.html"
 ip netns exec "$CTR" python3 -m http.server 80 --bind 0.0.0.0 --directory "$WORK/www" >/dev/null 2>&1 &
 SERVER_PID=$!
-CTR_V4=$(python3 -c 'import json,sys; print(next(i["address"].split("/")[0] for i in json.load(open(sys.argv[1]))["ips"] if "." in i["address"]))' "$WORK/result.json")
 for _ in $(seq 100); do  # until the server listens
     in_host curl -s -o /dev/null --max-time 1 "http://$CTR_V4/" && break
     sleep 0.1

@@ -89,8 +89,6 @@ class ResultCache:
         try:
             with open(path, "rb") as f:
                 doc = json.load(f)
-        except FileNotFoundError:
-            return None
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return None
         if not isinstance(doc, dict) or doc.get("kind") != KIND:

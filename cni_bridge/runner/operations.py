@@ -177,6 +177,7 @@ class ListRunner:
         for entry in self.cache.attachments(netlist.name):
             if not is_stale(entry):
                 valid.append({"containerID": entry.container_id, "ifname": entry.ifname})
+                report.valid.append(f"{entry.container_id}/{entry.ifname}")
                 continue
             attachment = Attachment(entry.container_id, entry.netns, entry.ifname, entry.cni_args,
                                     entry.capability_args)
@@ -185,7 +186,6 @@ class ListRunner:
                 report.deleted.append(f"{entry.container_id}/{entry.ifname}")
             except CniError as error:
                 report.errors.append(f"failed to delete stale attachment {entry.container_id} {entry.ifname}: {error}")
-        report.valid = [f"{v['containerID']}/{v['ifname']}" for v in valid]
         if netlist.disable_gc or not _at_least(netlist.cni_version, "1.1.0"):
             return report
         for plugin in netlist.plugins:
