@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from . import PLUGIN_NAME, __version__, versions
-from .errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL_ERROR, IO_FAILURE, CniError
+from .errors import DECODE_FAILURE, INTERNAL_ERROR, IO_FAILURE, CniError
 from .log import Log
 
 # typing costs ~3 ms to import; annotations are strings here, so only mypy needs it.
@@ -19,10 +19,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .config.model import NetConf
-
-# Commands the spec introduced after 0.1.0, with the version that introduced them.
-_MINIMUM_VERSION = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
-
 
 def _write_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=4) + "\n")
@@ -38,7 +34,8 @@ def _read_stdin() -> bytes:
 
 def _decode(raw: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(raw)
+        # Strictly UTF-8, as Go reads it: json.loads(bytes) would also guess UTF-16 and UTF-32.
+        doc = json.loads(raw.decode("utf-8"))
     except RecursionError:
         raise CniError(DECODE_FAILURE, "failed to decode the network config on stdin",
                        "JSON nested too deeply") from None
@@ -51,26 +48,16 @@ def _decode(raw: bytes) -> dict[str, Any]:
     return doc
 
 
-def _config_version(doc: dict[str, Any]) -> str:
+def _error_version(doc: dict[str, Any]) -> str:
+    """The version errors are reported in: the config's own if we speak it."""
     version = doc.get("cniVersion", versions.IMPLICIT_VERSION)
-    if version not in versions.SUPPORTED_VERSIONS:
-        raise CniError(INCOMPATIBLE_VERSION, f"incompatible CNI versions: config is {json.dumps(version)}, "
-                       f"plugin supports {', '.join(versions.SUPPORTED_VERSIONS)}",
-                       "set cniVersion to one of the supported versions")
-    return str(version)
+    return version if version in versions.SUPPORTED_VERSIONS else versions.LATEST
 
 
 def load_netconf(doc: dict[str, Any], command: str) -> NetConf:
-    """Version, then schema, then the semantic checks: each failure with its own CNI code."""
-    cni_version = _config_version(doc)
-    minimum = _MINIMUM_VERSION.get(command)
-    if minimum and not versions.at_least(cni_version, minimum):
-        raise CniError(INCOMPATIBLE_VERSION, f"config version does not allow {command}",
-                       f"{command} needs cniVersion {minimum} or later; the config has {cni_version}")
-    from .config.model import build_netconf
-    from .config.validate import validate_document
-    validate_document(doc)
-    return build_netconf(doc, cni_version)
+    """Go's key reading, then version, schema and the semantic checks, each with its own CNI code."""
+    from .config.load import load_netconf as load
+    return load(doc, command)
 
 
 def _version(raw: bytes) -> None:
@@ -94,8 +81,12 @@ def _run_command(command: str, raw: bytes, environ: dict[str, str], state: dict[
     from .environment import read_invocation
     invocation = read_invocation(environ)
     doc = _decode(raw)
-    state["cni_version"] = _config_version(doc)
-    conf = load_netconf(doc, command)
+    state["cni_version"] = _error_version(doc)
+    if command == "DEL":
+        from .config.load import load_for_delete
+        conf = load_for_delete(doc, Log(prefix=f"{command} {invocation.container_id}: "))
+    else:
+        conf = load_netconf(doc, command)
     from .request import build_request
     request = build_request(invocation, conf)
     log = Log(conf.log_level, conf.log_file, prefix=f"{command} {conf.name}/{invocation.container_id}: ")

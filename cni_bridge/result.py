@@ -219,10 +219,30 @@ def _parse_current(r: _Reader, data: dict[str, Any]) -> Result:
     return result
 
 
+def _fields(*names: str) -> dict[str, Any]:
+    return {"properties": {name: {} for name in names}}
+
+
+_ROUTE_SHAPE = _fields("dst", "gw", "mtu", "advmss", "priority", "table", "scope")
+_LEGACY_IP_SHAPE = {"properties": {"ip": {}, "gateway": {}, "routes": {"items": _ROUTE_SHAPE}}}
+# Where a result's keys are, for reading them as Go does (config/gojson.py): results come
+# from Go plugins and runtimes, and Go matches their keys case-insensitively.
+RESULT_SHAPE = {"properties": {
+    "cniVersion": {},
+    "interfaces": {"items": _fields("name", "mac", "mtu", "sandbox", "socketPath", "pciID")},
+    "ips": {"items": _fields("version", "interface", "address", "gateway")},
+    "routes": {"items": _ROUTE_SHAPE},
+    "dns": _fields("nameservers", "domain", "search", "options"),
+    "ip4": _LEGACY_IP_SHAPE,
+    "ip6": _LEGACY_IP_SHAPE,
+}}
+
+
 def parse_result(data: Any, version: str, path: str = "result") -> Result:
     """Parse a result written in `version` (the caller has checked it is supported)."""
     r = _Reader(path)
-    obj = r.obj(data, "")
+    from .config.gojson import canonicalize
+    obj, _ = canonicalize(r.obj(data, ""), RESULT_SHAPE)
     if versions.is_legacy(version):
         return _parse_legacy(r, obj)
     return _parse_current(r, obj)

@@ -225,14 +225,33 @@ def test_empty_stdin_says_so() -> None:
 
 # ----------------------------------------------------------------- versions
 
-@pytest.mark.parametrize("env", [ADD_ENV, DEL_ENV, CHECK_ENV, GC_ENV, {"CNI_COMMAND": "STATUS"}],
-                         ids=["ADD", "DEL", "CHECK", "GC", "STATUS"])
+@pytest.mark.parametrize("env", [ADD_ENV, CHECK_ENV, GC_ENV, {"CNI_COMMAND": "STATUS"}],
+                         ids=["ADD", "CHECK", "GC", "STATUS"])
 def test_unknown_cni_version(env: dict[str, str]) -> None:
     obj = check_error(run(env, conf(cniVersion="9.9.9")), 1)
     text = obj["msg"] + " " + obj["details"]
     assert "9.9.9" in text
     for version in SUPPORTED:
         assert version in text, f"{version} missing from {text!r}"
+
+
+def test_del_with_unknown_cni_version_completes_and_says_why() -> None:
+    # A runtime sends DEL after an ADD refused for its version: the attachment is still known.
+    result = run(DEL_ENV, conf(cniVersion="9.9.9"))
+    assert result.returncode == 0 and result.stdout == b"", result
+    assert "9.9.9" in result.err
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-8-sig"])
+def test_stdin_must_be_plain_utf8(encoding: str) -> None:
+    # json.loads(bytes) would guess these encodings; Go, and therefore every runtime, reads UTF-8.
+    check_error(run(ADD_ENV, json.dumps(conf()).encode(encoding)), 6)
+
+
+def test_encoded_surrogate_on_stdin_is_a_decode_error() -> None:
+    # CESU-style bytes for U+D800 inside a string: not UTF-8.
+    data = json.dumps(conf()).encode().replace(b"cbtnet", b"cbt\xed\xa0\x80net")
+    check_error(run(ADD_ENV, data), 6)
 
 
 @pytest.mark.parametrize("version", ["", "1.0", "1.0.0 ", "v1.0.0", "0.3", "1.2.0"])
@@ -293,7 +312,7 @@ CONFIG_CASES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
     ("prev-result-bad-cidr", ADD_ENV,
      valid_vlan(prevResult={"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.500/16"}]}),
      "prevResult.ips[0].address"),
-    ("prev-result-version-mismatch", DEL_ENV,
+    ("prev-result-version-mismatch", CHECK_ENV,
      valid_vlan(cniVersion="0.4.0", prevResult={"ips": [{"version": "4", "address": "fd00::5/64"}]}),
      "prevResult.ips[0].version"),
     ("gc-attachments-not-list", GC_ENV, valid_vlan(cniVersion="1.1.0", **{"cni.dev/valid-attachments": {}}),

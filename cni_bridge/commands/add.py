@@ -13,7 +13,7 @@ from ..network import bridge as host_side
 from ..network import container as container_side
 from ..network.naming import host_veth_name
 from ..network.netlink import Netlink, NetlinkError
-from ..network.netns import inside, open_netns
+from ..network.netns import inside, open_container_netns
 from ..request import Request
 from ..result import Interface, IPConfig, Result, Route, render_result
 from ..undo import Rollback
@@ -77,7 +77,7 @@ def run_add(request: Request, log: Log) -> Result:
     if versions.is_legacy(request.conf.cni_version) and request.conf.ipam is None:
         raise CniError(RESULT_CONVERSION, f"cannot convert result to CNI version {request.conf.cni_version}: "
                        "no valid IP addresses", "an L2-only network needs cniVersion 0.3.0 or later")
-    netns_fd = open_netns(request.invocation.netns)
+    netns_fd = open_container_netns(request.invocation.netns)
     rollback = Rollback(log)
     try:
         with Netlink() as host:

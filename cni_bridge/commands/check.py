@@ -10,7 +10,7 @@ from ..log import Log
 from ..network import container as container_side
 from ..network.naming import host_veth_name
 from ..network.netlink import Netlink
-from ..network.netns import inside, open_netns
+from ..network.netns import inside, open_container_netns
 from ..request import Request
 from ..result import Interface
 
@@ -33,7 +33,7 @@ def run_check(request: Request, log: Log) -> None:
     ours = [ip for ip in prev.ips
             if ip.interface is None or (0 <= ip.interface < len(prev.interfaces)
                                         and prev.interfaces[ip.interface].name == inv.ifname)]
-    netns_fd = open_netns(inv.netns)
+    netns_fd = open_container_netns(inv.netns)
     try:
         with Netlink() as host:
             bridge = host.link(conf.bridge)

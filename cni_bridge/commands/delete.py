@@ -22,11 +22,14 @@ def _link_exists(name: str) -> bool:
 
 def _delete_container_end(request: Request, log: Log) -> None:
     """The host end is gone but the namespace may still hold our interface (an older ADD's)."""
-    from ..network.netns import inside, open_netns
+    from ..network.netns import inside, open_container_netns
     try:
-        fd = open_netns(request.invocation.netns)
-    except CniError:
-        return  # the namespace is gone, and the kernel took the veth with it
+        fd = open_container_netns(request.invocation.netns)
+    except CniError as exc:
+        # Gone (the kernel took the veth with it), or our own namespace, whose CNI_IFNAME is
+        # the host's interface and never ours to delete.
+        log.info(f"container end not looked for: {exc}")
+        return
     import os
     try:
         with inside(fd):

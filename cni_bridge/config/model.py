@@ -177,8 +177,14 @@ def _attachments(doc: dict[str, Any]) -> frozenset[tuple[str, str]] | None:
     return frozenset((a["containerID"], a["ifname"]) for a in doc[key])
 
 
-def build_netconf(doc: dict[str, Any], cni_version: str) -> NetConf:
-    """Turn a schema-valid document into the model, applying the checks JSON Schema cannot express."""
+_UNSET: Any = object()
+
+
+def build_netconf(doc: dict[str, Any], cni_version: str, raw: dict[str, Any] | None = None,
+                  ipam: IpamConf | None = _UNSET) -> NetConf:
+    """Turn a schema-valid canonical document into the model, applying the checks JSON Schema
+    cannot express. `raw` is the document as the caller wrote it (for a delegated IPAM plugin,
+    which reads it its own way); `ipam`, when given, replaces what `doc` says."""
     _unsupported(doc)
     if doc.get("hairpinMode") and doc.get("promiscMode"):
         raise _fail("hairpinMode", "cannot be combined with promiscMode: set at most one of them")
@@ -205,15 +211,19 @@ def build_netconf(doc: dict[str, Any], cni_version: str) -> NetConf:
         d = doc["dns"]
         dns = DNS(nameservers=[_ip(s, "dns.nameservers[]") for s in d.get("nameservers", [])],
                   domain=d.get("domain", ""), search=list(d.get("search", [])), options=list(d.get("options", [])))
+    bridge = doc.get("bridge") or DEFAULT_BRIDGE
+    if len(bridge.encode()) > 15:
+        raise _fail("bridge", f"{bridge!r} is longer than 15 bytes, the kernel's limit for a link name")
     mtu = doc.get("mtu")
-    ipam = _ipam(doc, cni_version)
+    if ipam is _UNSET:
+        ipam = _ipam(doc, cni_version)
     if mtu is not None and mtu < 1280 and ipam and any(s.family == 6 for s in ipam.range_sets):
         raise _fail("mtu", f"{mtu} is below 1280, the minimum for IPv6 ranges")
     return NetConf(
         cni_version=cni_version,
         name=doc["name"],
         type=doc.get("type", ""),
-        bridge=doc.get("bridge") or DEFAULT_BRIDGE,
+        bridge=bridge,
         is_gateway=bool(doc.get("isGateway") or doc.get("isDefaultGateway")),
         is_default_gateway=bool(doc.get("isDefaultGateway")),
         force_address=bool(doc.get("forceAddress")),
@@ -243,5 +253,5 @@ def build_netconf(doc: dict[str, Any], cni_version: str) -> NetConf:
         args_mac=(args_cni.get("mac") or "").lower(),
         prev_result=prev_result,
         valid_attachments=_attachments(doc),
-        raw=doc,
+        raw=doc if raw is None else raw,
     )

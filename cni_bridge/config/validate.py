@@ -12,6 +12,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from .gojson import Origins
+
 SCHEMA_FILE = "cni-bridge.schema.json"
 
 
@@ -38,8 +40,10 @@ def json_path(parts: Any) -> str:
     return text
 
 
-def explain(schema: dict[str, Any], document: Any) -> CniError | None:
-    """jsonschema's verdict: the most relevant error as a CniError, or None if it accepts."""
+def explain(schema: dict[str, Any], document: Any, origins: Origins | None = None) -> CniError | None:
+    """jsonschema's verdict: the most relevant error as a CniError, or None if it accepts.
+
+    `document` is the canonical spelling; `origins` puts the caller's keys back into the path."""
     import jsonschema
     from jsonschema.exceptions import best_match
 
@@ -59,20 +63,22 @@ def explain(schema: dict[str, Any], document: Any) -> CniError | None:
         if missing is not None:
             parts.append(missing)
             message = "is required but missing"
+    if origins is not None:
+        parts = origins.written_path(document, parts)
     if len(message) > 300:  # jsonschema quotes the whole value; a huge one helps nobody
         message = message[:300] + "..."
     where = json_path(parts) or "(top level)"
     return CniError(INVALID_CONFIG, f"{where}: {message}", "the configuration does not match the plugin's schema")
 
 
-def validate_document(document: Any) -> None:
+def validate_document(document: Any, schema: dict[str, Any] | None = None, origins: Origins | None = None) -> None:
     from .schema_check import SchemaChecker
 
-    schema = load_schema()
+    schema = load_schema() if schema is None else schema
     try:
         if SchemaChecker(schema).is_valid(document):
             return
-        error = explain(schema, document)
+        error = explain(schema, document, origins)
     except RecursionError:
         raise CniError(INVALID_CONFIG, "the configuration is nested too deeply", "no valid config is") from None
     if error is not None:

@@ -53,6 +53,23 @@ def open_netns(path: str) -> int:
     return fd
 
 
+def open_container_netns(path: str) -> int:
+    """open_netns, refusing the plugin's own namespace: configuring CNI_IFNAME there would
+    move or shadow the host's own interface (the reference skel refuses it too)."""
+    fd = open_netns(path)
+    try:
+        own = os.stat(_OWN_NETNS)
+    except OSError as e:
+        os.close(fd)
+        raise CniError(NETNS_FAILURE, f"failed to inspect the current netns: {_reason(e)}") from None
+    found = os.fstat(fd)
+    if (found.st_dev, found.st_ino) == (own.st_dev, own.st_ino):
+        os.close(fd)
+        raise CniError(NETNS_FAILURE, f'CNI_NETNS "{path}" is the plugin\'s own network namespace',
+                       "the container must have a network namespace of its own")
+    return fd
+
+
 def same_netns(fd_a: int, fd_b: int) -> bool:
     """Whether two namespace fds refer to the same namespace (same nsfs inode)."""
     a = os.fstat(fd_a)
