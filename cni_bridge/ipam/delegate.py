@@ -85,6 +85,14 @@ class Delegated:
         return result
 
     def delete(self) -> None:
+        if find_executable(self.ipam.type, self.request.invocation.path) is None:
+            # Nothing it could have allocated can be released without it, and a DEL that
+            # fails for ever leaves the pod stuck: say so and go on.
+            from ..log import Log
+            conf = self.request.conf
+            Log(conf.log_level, conf.log_file).warning(
+                f'IPAM plugin "{self.ipam.type}" is not in CNI_PATH; its addresses were not released')
+            return
         self._run("DEL")
 
     def check(self, ips: list[IPConfig]) -> None:

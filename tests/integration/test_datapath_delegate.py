@@ -66,6 +66,9 @@ def test_missing_delegate_is_reported(node: Node) -> None:
     r = node.run("ADD", conf, "st-missing", c.path)
     assert r.code == 107 and "cbt-no-such-ipam" in r.out["msg"], r
     assert node.link_names() == {"lo"} and node.link_names(c) == {"lo"}
+    # The runtime's DEL after that failed ADD must complete, or the pod can never be removed.
+    r = node.ok("DEL", conf, "st-missing", c.path)
+    assert "cbt-no-such-ipam" in r.stderr, r
 
 
 @pytest.fixture
