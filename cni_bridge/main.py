@@ -35,7 +35,8 @@ def _read_stdin() -> bytes:
 def _decode(raw: bytes) -> dict[str, Any]:
     try:
         # Strictly UTF-8, as Go reads it: json.loads(bytes) would also guess UTF-16 and UTF-32.
-        doc = json.loads(raw.decode("utf-8"))
+        from .config.gojson import FractionalNumber
+        doc = json.loads(raw.decode("utf-8"), parse_float=FractionalNumber)
     except RecursionError:
         raise CniError(DECODE_FAILURE, "failed to decode the network config on stdin",
                        "JSON nested too deeply") from None

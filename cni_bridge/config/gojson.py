@@ -23,6 +23,18 @@ _FOLD = {**{chr(c): chr(c + 32) for c in range(ord("A"), ord("Z") + 1)}, "\u212a
 _FOLD_TABLE = str.maketrans(_FOLD)
 
 
+class FractionalNumber(float):
+    """A JSON number written with a fraction or an exponent (`1500.0`, `1.5e3`).
+
+    Go's encoding/json will not put one in an int field, while JSON Schema calls 1500.0 an
+    integer; read with `json.loads(..., parse_float=FractionalNumber)`, such a number is not
+    an integer for the schema either. Everything else sees a float.
+    """
+
+    def is_integer(self) -> bool:
+        return False
+
+
 def fold(key: str) -> str:
     return key.translate(_FOLD_TABLE)
 

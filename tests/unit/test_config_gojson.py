@@ -184,3 +184,17 @@ def test_delete_reads_a_folded_name() -> None:
 
 def test_other_commands_still_refuse_an_unknown_version() -> None:
     assert error_of(conf(cniVersion="9.9.9"), "CHECK").code == INCOMPATIBLE_VERSION
+
+
+@pytest.mark.parametrize(("text", "path"), [
+    ('"mtu": 1500.0', "mtu"),
+    ('"mtu": 1.5e3', "mtu"),
+    ('"runtimeConfig": {"portMappings": [{"hostPort": 8080.0, "containerPort": 80}]}',
+     "runtimeConfig.portMappings[0].hostPort"),
+])
+def test_numbers_with_a_fraction_are_not_integers(text: str, path: str) -> None:
+    # Go will not decode 1500.0 into an int; JSON Schema alone would call it one.
+    from cni_bridge.main import _decode
+    doc = _decode(('{"cniVersion": "1.0.0", "name": "gonet", "type": "cni-bridge", ' + text + "}").encode())
+    error = error_of(doc)
+    assert error.code == INVALID_CONFIG and error.msg.startswith(path + ":"), error
