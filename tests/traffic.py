@@ -269,6 +269,22 @@ def _ns(where: str | Container | Node) -> str:
     return where.name if isinstance(where, (Container, Node)) else where
 
 
+def start_peer_server(ns: str, sockets: Sequence[tuple[str, int, int]]) -> subprocess.Popen[bytes]:
+    """A server process in ``ns`` for the given (protocol, family, port) sockets, each
+    answering with the peer address it saw; returned once all are bound. The caller kills it."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, "-I", "-S", "-u", "-c", _SERVER,
+                             *(f"{proto}:{family}:{port}" for proto, family, port in sockets)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode(errors="replace").strip()
+    if line != "ready":
+        proc.kill()
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise RuntimeError(f"server {list(sockets)} in {ns} did not start: {line} {err}")
+    return proc
+
+
 class Lab:
     """A node (the harness's) plus an outside host, servers, and the test's iptables backend."""
 
@@ -388,17 +404,7 @@ class Lab:
     def serve(self, where: str | Container | Node, *sockets: tuple[str, int, int]) -> None:
         """One server process in the namespace for the given (protocol, family, port)
         sockets, each answering with the peer it saw; returns once all are bound."""
-        proc = subprocess.Popen(["ip", "netns", "exec", _ns(where), PYTHON, "-I", "-S", "-u", "-c", _SERVER,
-                                 *(f"{proto}:{family}:{port}" for proto, family, port in sockets)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        self.servers.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode(errors="replace").strip()
-        if line != "ready":
-            proc.kill()
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"server {sockets} in {_ns(where)} did not start: {line} {err}")
+        self.servers.append(start_peer_server(_ns(where), sockets))
 
     def serve_echo(self, where: str | Container | Node, tcp: int | None = None, udp: int | None = None,
                    families: Sequence[int] = (4, 6)) -> None:
