@@ -23,171 +23,43 @@ libcni caches each result in /var/lib/cni/results/``<network>-<CNI container ID>
 where the CNI container ID is ``<containerd namespace>-<container ID>``. ``ctr run`` has no
 option for any of the three (nor does the containerd config: that is the CRI plugin's).
 
-How the test keeps containerd and ctr off the real host (each point found by running it):
-
-- Nothing is written to the host's /etc/cni, /opt/cni or /var/lib/cni: every ctr runs in a
-  private mount namespace (``ip netns exec NODE unshare --mount --propagation private``) in
-  which test-owned directories are bind-mounted on /etc/cni/net.d (holding only our
-  ``00-cbt-<hex>.conflist``), on /opt/cni/bin (the first plugin directory: the symlink
-  ``cni-bridge`` -> ``$CNI_BRIDGE_BIN`` plus symlinks to the reference plugins) and on
-  /var/lib/cni (libcni's cache). To have mount points without creating them on the host,
-  /etc, /opt and /var/lib first get an overlay of themselves (upper dir in the temp root)
-  in that namespace. The binding must not sit on a host directory: removing a mount point
-  (another runtime's test removing /var/lib/cni, say) detaches the mounts on it in every
-  namespace: seen here, libcni then failed to delete its cached result on DEL, and its next
-  ADD would have recreated the host's directory.
-  These mounts vanish with ctr, a killed test leaves nothing in the host's CNI directories,
-  and no other runtime ever sees our conflist.
-- containerd runs with ``nsenter --net=NODE`` (not ``ip netns exec``, which remounts /sys
-  and hides the cgroup mounts runc needs) in a private mount namespace of its own, where
-  /run/containerd (hard-coded in 1.6 for the shims' sockets ``s/<hash>`` and runc's root
-  ``runc/<namespace>``, whatever ``state`` says) is a temp dir; its snapshot and rootfs
-  mounts stay in that namespace. The ``opt`` plugin (it creates /opt/containerd) and the
-  CRI plugin are disabled. ctr gets ``--fifo-dir`` (else /run/containerd/fifo).
-- Containers run in a unique containerd namespace; runc's cgroups ``/<namespace>/<id>`` in
-  every hierarchy are removed at the end.
-- The finalizer, also on failure, each step whatever the previous ones did: EOF to running
-  ``ctr run`` processes (a holding container exits, ctr runs DEL), then kills them; kills
-  and deletes every task and container of the namespace; stops containerd (SIGTERM, then
-  SIGKILL; it also gets SIGTERM if the test process dies); kills any process left whose
-  command line names the temp root (shims) or whose cgroup is in our namespace (containers)
-  and waits until PID 1 has reaped them; removes the cgroups; unmounts anything under the
-  temp root and deletes it. Then it checks the host (``HostState``, ``entries_named``).
+How the test keeps containerd and ctr off the real host: tests/containerd_harness.py (shared
+with the CRI tests). In short: containerd runs in the node's network namespace and in a
+private mount namespace where /run/containerd is a temp dir; every ctr runs in a private mount
+namespace where test-owned directories are bound on /etc/cni/net.d (holding only our
+``00-cbt-<hex>.conflist``), /opt/cni/bin (the symlink ``cni-bridge`` -> ``$CNI_BRIDGE_BIN``
+plus symlinks to the reference plugins) and /var/lib/cni (libcni's cache), each over an
+overlay of its parent so nothing is created on the host. The CRI plugin is disabled here;
+containers run in a unique containerd namespace whose cgroups ``/<namespace>/<id>`` are
+removed at the end. The clean-up first sends EOF to running ``ctr run`` processes (a holding
+container exits, ctr runs DEL), then kills them, then does the harness's steps (tasks,
+containers, daemon, leftover processes, cgroups, temp root) and checks the host.
 """
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import json
 import os
 import random
 import re
 import select
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from cni_bridge.network.naming import host_veth_name
-from tests.oci_image import write_oci_archive
-from tests.plugin import BIN, PATH, REF_DIR, SKIP_REASON, Node, node, reservations, token  # noqa: F401
-from tests.rootfs import busybox_unavailable_reason, make_busybox_rootfs
+from tests.containerd_harness import (RUN_DIR, RUNC, TIMEOUT, ContainerdDaemon, entries_named, guarded, node_rules,
+                                      read_text, records_naming, skip_reason)
+from tests.plugin import PATH, Node, node, reservations, token  # noqa: F401
+from tests.rootfs import make_busybox_rootfs
 
-CONTAINERD = shutil.which("containerd", path=PATH)
-CTR = shutil.which("ctr", path=PATH)
-SHIM = shutil.which("containerd-shim-runc-v2", path=PATH)
-RUNC = "/usr/sbin/runc"
-NSENTER = shutil.which("nsenter", path=PATH)
-UNSHARE = shutil.which("unshare", path=PATH)
-
-# What Debian's ctr 1.6.20 uses, none of it configurable from ctr (see the module docstring).
-CONF_DIR = "/etc/cni/net.d"
-PLUGIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni")
-CACHE_DIR = "/var/lib/cni"
-RUN_DIR = "/run/containerd"  # containerd 1.6: shim sockets and runc root, whatever `state` says
-
-TIMEOUT = 60.0
-
-
-def _skip_reason() -> str | None:
-    if SKIP_REASON is not None:
-        return SKIP_REASON
-    for name, path in (("containerd", CONTAINERD), ("ctr", CTR), ("containerd-shim-runc-v2", SHIM)):
-        if path is None:
-            return f"{name} is not installed (Debian package containerd)"
-    if not os.access(RUNC, os.X_OK):
-        return f"{RUNC} is missing (Debian package runc)"
-    if NSENTER is None or UNSHARE is None:
-        return "nsenter or unshare is missing (util-linux)"
-    if shutil.which("iptables-save", path=PATH) is None:
-        return "iptables is not installed (Debian package iptables)"
-    missing = [d for d in ("/etc", "/opt", "/var/lib", "/run") if not os.path.isdir(d)]
-    if missing:
-        return f"{missing} missing: the test overlays them in private mount namespaces"
-    return busybox_unavailable_reason()
-
-
-_SKIP = _skip_reason()
+_SKIP = skip_reason()
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
-
-# Run in a fresh mount namespace: make each TARGET show the directory SRC, then exec the
-# command. Arguments: TARGET SRC SCRATCH ANCHOR ... -- COMMAND... ANCHOR (a parent of TARGET
-# that always exists: /etc, /opt, /var/lib, /run) first gets an overlay of itself with upper
-# and work dir in SCRATCH; TARGET is created in that overlay if missing, then SRC is bound
-# on it. So the host's file system is never written, and the binding does not depend on a
-# host directory that another process could remove meanwhile (removing a mount point in
-# one namespace detaches the mounts on it in all others).
-_REDIRECT = r"""
-set -eu
-redirect() {
-    target=$1 src=$2 scratch=$3 anchor=$4
-    if [ ! -d "$anchor" ]; then
-        echo "cannot redirect $target: $anchor does not exist" >&2
-        exit 125
-    fi
-    mkdir -p "$scratch/upper" "$scratch/work"
-    mount -t overlay overlay -o "lowerdir=$anchor,upperdir=$scratch/upper,workdir=$scratch/work" "$anchor"
-    mkdir -p "$target"
-    mount --bind "$src" "$target"
-}
-while [ "$1" != "--" ]; do
-    redirect "$1" "$2" "$3" "$4"
-    shift 4
-done
-shift
-exec "$@"
-"""
-
-
-# --- the host state the test must not change ------------------------------------------------
-
-def _mount_points() -> list[str]:
-    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-        return [line.split()[4].replace("\\040", " ") for line in handle]
-
-
-def _listing(path: str) -> str:
-    return "\n".join(sorted(os.listdir(path))) if os.path.isdir(path) else "absent"
-
-
-# Compared whole: directories only containerd or ctr (or a failed redirection) would fill.
-OWN_DIRS = ("/etc/cni", CONF_DIR, "/opt/cni", *PLUGIN_DIRS, RUN_DIR, "/opt/containerd", "/var/lib/containerd")
-# Shared with other runtimes (podman's libcni caches its results there too, and may create or
-# remove the directories meanwhile): only entries named after this test's networks and
-# containerd namespace count.
-SHARED_DIRS = (CACHE_DIR, f"{CACHE_DIR}/results", f"{CACHE_DIR}/networks")
-
-
-@dataclass(frozen=True)
-class HostState:
-    """What containerd and ctr could change on the real host if a redirection failed: the
-    CNI directories, containerd's default directories, and the mounts on, under or above them."""
-
-    listings: tuple[tuple[str, str], ...]
-    mounts: tuple[str, ...]
-
-    @staticmethod
-    def watched_mount(point: str) -> bool:
-        return any(point == d or point.startswith(d + "/") or d.startswith(point.rstrip("/") + "/")
-                   for d in OWN_DIRS + SHARED_DIRS)
-
-    @classmethod
-    def take(cls) -> HostState:
-        listings = tuple((d, _listing(d)) for d in OWN_DIRS)
-        return cls(listings, tuple(sorted(p for p in _mount_points() if cls.watched_mount(p))))
-
-
-def entries_named(tokens: tuple[str, ...], dirs: tuple[str, ...] = OWN_DIRS + SHARED_DIRS) -> list[str]:
-    """Paths in ``dirs`` on the real host whose name contains one of ``tokens``."""
-    return [os.path.join(d, name) for d in dirs if os.path.isdir(d)
-            for name in sorted(os.listdir(d)) if any(t in name for t in tokens)]
 
 
 # --- containerd and ctr ---------------------------------------------------------------------
@@ -275,109 +147,24 @@ class CtrRun:
         return self.proc.returncode, self.out.decode(errors="replace")
 
 
-class Containerd:
-    """A containerd of this test, in the node's network namespace, and ctr to drive it."""
+class Containerd(ContainerdDaemon):
+    """A containerd of this test (CRI plugin disabled), in the node's network namespace, and
+    ``ctr run --cni`` processes in the foreground."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.root = tempfile.mkdtemp(prefix="cbt-ctrd-")
-        self.namespace = f"cbt-{token(4)}"
-        self.socket = os.path.join(self.root, "containerd.sock")
+    def __init__(self, node: Node) -> None:  # noqa: F811
+        super().__init__(node)
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.daemon: subprocess.Popen[bytes] | None = None
-        self.tokens: tuple[str, ...] = (self.namespace, os.path.basename(self.root))  # + network names
-        self._scratch = 0
-        for sub in ("root", "state", "run-containerd", "fifo", "mnt", "net.d", "cni-bin", "cni-cache"):
-            os.makedirs(os.path.join(self.root, sub))
-        self.conf_dir = os.path.join(self.root, "net.d")
-        self.bin_dir = os.path.join(self.root, "cni-bin")
-        self.cache_dir = os.path.join(self.root, "cni-cache")
-        os.symlink(os.path.abspath(BIN), os.path.join(self.bin_dir, "cni-bridge"))
-        if os.path.isdir(REF_DIR):
-            for name in sorted(os.listdir(REF_DIR)):
-                os.symlink(os.path.join(REF_DIR, name), os.path.join(self.bin_dir, name))
-
-    # --- processes ----------------------------------------------------------------------------
-
-    def _scratch_dir(self) -> str:
-        self._scratch += 1
-        return os.path.join(self.root, "mnt", str(self._scratch))
-
-    def _redirected(self, targets: list[tuple[str, str, str]], argv: list[str]) -> list[str]:
-        """``unshare`` + the redirect script for (target, source, anchor) triples, then ``argv``."""
-        specs = [item for target, src, anchor in targets for item in (target, src, self._scratch_dir(), anchor)]
-        return [str(UNSHARE), "--mount", "--propagation", "private", "--", "sh", "-c", _REDIRECT, "sh",
-                *specs, "--", *argv]
-
-    def _ctr_argv(self, *args: str) -> list[str]:
-        """ctr in the node network namespace, seeing our conflist, plugins and cache."""
-        targets = [(CONF_DIR, self.conf_dir, "/etc"), (PLUGIN_DIRS[0], self.bin_dir, "/opt"),
-                   (CACHE_DIR, self.cache_dir, "/var/lib")]
-        ctr = [str(CTR), "--address", self.socket, "--namespace", self.namespace, *args]
-        return ["ip", "netns", "exec", self.node.name, *self._redirected(targets, ctr)]
-
-    def start(self) -> None:
-        config = os.path.join(self.root, "config.toml")
-        with open(config, "w", encoding="utf-8") as handle:
-            handle.write(f"""version = 2
-root = "{self.root}/root"
-state = "{self.root}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt",
-                    "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
-
-[grpc]
-  address = "{self.socket}"
-""")
-        argv = [str(NSENTER), f"--net=/run/netns/{self.node.name}", "--",
-                *self._redirected([(RUN_DIR, os.path.join(self.root, "run-containerd"), "/run")],
-                                  [str(CONTAINERD), "--config", config])]
-        with open(os.path.join(self.root, "containerd.log"), "wb") as log:
-            self.daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           env={"PATH": PATH}, start_new_session=True, preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            if self.daemon.poll() is not None:
-                raise AssertionError(f"containerd exited with {self.daemon.returncode}: {self.log()}")
-            if os.path.exists(self.socket):
-                version = self.ctr("version", check=False, timeout=10)
-                if version.returncode == 0:
-                    return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"containerd did not answer within {TIMEOUT}s: {self.log()}")
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        try:
-            with open(os.path.join(self.root, "containerd.log"), encoding="utf-8", errors="replace") as handle:
-                return handle.read()[-4000:]
-        except OSError:
-            return ""
-
-    def ctr(self, *args: str, check: bool = True, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(self._ctr_argv(*args), capture_output=True, text=True, timeout=timeout,
-                              env={"PATH": PATH}, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"ctr {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-        return proc
 
     def import_busybox(self) -> str:
         """Build the busybox image and import it; returns its name."""
         rootfs = make_busybox_rootfs(os.path.join(self.root, "rootfs"))
-        archive = os.path.join(self.root, "image.tar")
-        tag = token(3)
-        write_oci_archive(rootfs, archive, tag=tag)
-        image = f"docker.io/local/cbt-busybox-{token(4)}:{tag}"
-        self.ctr("images", "import", "--index-name", image, archive)
-        listed = self.ctr("images", "list", "-q").stdout.split()
-        assert image in listed, f"imported image {image} not listed: {listed}"
-        return image
+        return self.import_image(rootfs, f"docker.io/local/cbt-busybox-{token(4)}:{token(3)}")
 
     def run(self, image: str, name: str, script: str, stdin: bool = True) -> CtrRun:
         """``ctr run --rm --cni IMAGE NAME sh -c SCRIPT`` in the foreground."""
         err_path = os.path.join(self.root, f"ctr-run-{name}.err")
-        argv = self._ctr_argv("run", "--rm", "--cni", "--fifo-dir", os.path.join(self.root, "fifo"),
-                              "--runc-binary", RUNC, image, name, "sh", "-c", script)
+        argv = self.ctr_argv("run", "--rm", "--cni", "--fifo-dir", os.path.join(self.root, "fifo"),
+                             "--runc-binary", RUNC, image, name, "sh", "-c", script)
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=err, env={"PATH": PATH}, bufsize=0,
@@ -385,48 +172,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"
         self.procs.append(proc)
         return CtrRun(proc, f"{self.namespace}-{name}", err_path)
 
-    # --- clean-up -----------------------------------------------------------------------------
-
-    def _our_pids(self) -> list[int]:
-        """Processes of this test's containerd: any whose command line names the temp root
-        (containerd, its shims, ctr) and any in a cgroup of our namespace (containers)."""
-        found = []
-        needle = self.root.encode()
-        cgroup = f"/{self.namespace}/"
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    cmdline = handle.read()
-                with open(f"/proc/{entry}/cgroup", encoding="utf-8", errors="replace") as handle:
-                    cgroups = handle.read()
-            except OSError:
-                continue
-            if needle in cmdline or cgroup in cgroups:
-                found.append(int(entry))
-        return found
-
-    def _cgroup_dirs(self) -> list[str]:
-        """runc's cgroup parent /<namespace> in every hierarchy (v1 controllers, unified)."""
-        base = "/sys/fs/cgroup"
-        if not os.path.isdir(base):
-            return []
-        hierarchies = [base] + [os.path.join(base, h) for h in sorted(os.listdir(base))]
-        return [os.path.join(h, self.namespace) for h in hierarchies
-                if not os.path.islink(h) and os.path.isdir(os.path.join(h, self.namespace))]
-
-    def cleanup(self) -> list[str]:
-        """Stop and remove everything, each step whatever the previous ones did; returns
-        what could not be cleaned."""
-        problems: list[str] = []
-        for step in (self._end_ctr_runs, self._delete_containers, self._stop_daemon, self._kill_leftovers,
-                     self._remove_cgroups, self._remove_root):
-            try:
-                problems += step()
-            except Exception as exc:  # noqa: BLE001 - the next steps must run
-                problems.append(f"{step.__name__}: {type(exc).__name__}: {exc}")
-        return problems
+    def cleanup_steps(self) -> list[Callable[[], list[str]]]:
+        return [self._end_ctr_runs, *super().cleanup_steps()]
 
     def _end_ctr_runs(self) -> list[str]:
         """ctr run still in the foreground: EOF on its stdin lets a holding container finish
@@ -451,106 +198,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"
                         pass
         return []
 
-    def _delete_containers(self) -> list[str]:
-        """Every task (killed) and container of our namespace."""
-        if self.daemon is None or self.daemon.poll() is not None:
-            return []
-        for task in self.ctr("tasks", "list", "-q", check=False, timeout=30).stdout.split():
-            self.ctr("tasks", "delete", "--force", task, check=False, timeout=30)
-        for container in self.ctr("containers", "list", "-q", check=False, timeout=30).stdout.split():
-            self.ctr("containers", "delete", container, check=False, timeout=30)
-        return []
-
-    def _stop_daemon(self) -> list[str]:
-        if self.daemon is None or self.daemon.poll() is not None:
-            return []
-        self.daemon.send_signal(signal.SIGTERM)
-        try:
-            self.daemon.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.daemon.kill()
-            self.daemon.wait(timeout=15)
-            return [f"containerd ignored SIGTERM for 15 s: killed; log: {self.log()}"]
-        return []
-
-    def _kill_leftovers(self) -> list[str]:
-        """Shims and container processes left. A killed one stays a zombie (still in its
-        cgroup) until PID 1, its new parent, reaps it: wait for that too."""
-        deadline = time.monotonic() + 20
-        while pids := self._our_pids():
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if time.monotonic() > deadline:
-                alive = [pid for pid in pids if not _zombie(pid)]
-                return [f"processes of the test's containerd survive SIGKILL: {alive}"] if alive else []
-            time.sleep(0.05)
-        return []
-
-    def _remove_cgroups(self) -> list[str]:
-        """runc's cgroups /<namespace>/<id>, deepest first (runc removes <id> when it deletes a
-        container; a cgroup whose last process is not reaped yet stays busy for a moment)."""
-        deadline = time.monotonic() + 20
-        while True:
-            failures = []
-            for top in self._cgroup_dirs():
-                for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-                    try:
-                        os.rmdir(dirpath)
-                    except OSError as exc:
-                        failures.append(f"cannot remove cgroup {dirpath}: {exc.strerror}")
-            if not failures or time.monotonic() > deadline:
-                return failures
-            time.sleep(0.1)
-
-    def _remove_root(self) -> list[str]:
-        """Unmount anything under the temp root (nothing is expected there: the mounts live in
-        private namespaces), then delete it."""
-        inside = [p for p in _mount_points() if p == self.root or p.startswith(self.root + "/")]
-        for point in sorted(inside, key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-        problems = [f"mounts were visible under {self.root} on the host: {inside}"] if inside else []
-        still = [p for p in _mount_points() if p == self.root or p.startswith(self.root + "/")]
-        if still:
-            return problems + [f"cannot unmount {still}; {self.root} is left for inspection"]
-        shutil.rmtree(self.root, ignore_errors=True)
-        return problems
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the test process dies (kept across exec), so a
-    killed test run does not leave containerd running."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True  # gone
-
 
 @pytest.fixture
 def containerd(node: Node) -> Iterator[Containerd]:  # noqa: F811
     """A running containerd of this test in the node namespace; everything it made is
     removed afterwards, also on failure, and the host's CNI and containerd directories and
     mounts are checked to be as they were."""
-    before = HostState.take()
     daemon = Containerd(node)
-    problems: list[str] = []
-    try:
+    with guarded(daemon):
         daemon.start()
         yield daemon
-    finally:
-        problems = daemon.cleanup()
-    after = HostState.take()
-    assert not problems, "clean-up failed:\n" + "\n".join(problems)
-    assert after == before, f"the host changed:\nbefore: {before}\nafter:  {after}"
-    assert entries_named(daemon.tokens) == [], f"entries of this test on the host: {entries_named(daemon.tokens)}"
-    assert not daemon._cgroup_dirs(), f"cgroups left: {daemon._cgroup_dirs()}"
 
 
 # --- what the tests look at ---------------------------------------------------------------------
@@ -613,30 +270,6 @@ def parse_report(text: str) -> Seen:
     return Seen(ipaddress.IPv4Interface(f"{found[0][0]}/{found[0][1]}"), int(mtu.group(1)), block, pings)
 
 
-def node_rules(node: Node, needle: str) -> list[str]:  # noqa: F811
-    """Lines of the node's iptables-save (both backends, both families) containing ``needle``."""
-    lines = []
-    for tool in ("iptables-save", "ip6tables-save", "iptables-legacy-save", "ip6tables-legacy-save"):
-        if shutil.which(tool, path=PATH) is None:
-            continue
-        out = node.sh(tool, check=False).stdout
-        lines += [f"{tool}: {line}" for line in out.splitlines() if needle in line]
-    return lines
-
-
-def records_naming(state_dir: str, cid: str) -> list[str]:
-    """Attachment records of the plugin's stateDir that name the container."""
-    directory = os.path.join(state_dir, "attachments")
-    if not os.path.isdir(directory):
-        return []
-    named = []
-    for entry in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, entry), encoding="utf-8", errors="replace") as handle:
-            if cid in handle.read():
-                named.append(entry)
-    return named
-
-
 def cache_file(ctrd: Containerd, net: Network, cid: str) -> str:
     """Where libcni (in ctr) caches the result: <cache>/results/<network>-<container ID>-<ifname>."""
     return os.path.join(ctrd.cache_dir, "results", f"{net.name}-{cid}-eth0")
@@ -678,7 +311,7 @@ def assert_detached(node: Node, ctrd: Containerd, net: Network, run: CtrRun) -> 
     # libcni deletes its cached result only after a successful DEL; ctr (go-cni) says nothing
     # of a DEL error that contains "not found", or "no such file or directory" (no netns).
     assert not os.path.exists(cache_file(ctrd, net, cid)), (
-        f"libcni's cached result was not removed, so DEL failed; plugin log:\n{_read(net.log_file)}\n"
+        f"libcni's cached result was not removed, so DEL failed; plugin log:\n{read_text(net.log_file)}\n"
         f"ctr stderr:\n{run.stderr}")
     assert not [ip for ip, owner in reservations(net.data_dir, net.name).items() if cid in owner], \
         f"reservation of {cid} left: {reservations(net.data_dir, net.name)}"
@@ -686,14 +319,6 @@ def assert_detached(node: Node, ctrd: Containerd, net: Network, run: CtrRun) -> 
     assert node.link(veth) is None, f"host veth {veth} left in the node"
     assert node_rules(node, f"id={cid} ") == [], "iptables rules of the container left"
     assert records_naming(net.state_dir, cid) == [], f"attachment record of {cid} left"
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError as exc:
-        return f"({path}: {exc.strerror})"
 
 
 def assert_host_untouched(ctrd: Containerd, running: bool = False) -> None:

@@ -69,6 +69,7 @@ import pytest
 from cni_bridge.network.naming import host_veth_name
 from tests import nstools
 from tests.plugin import BIN, PATH, REF_DIR, REPO, SKIP_REASON, Node, reservations, token
+from tests.polling import wait_for
 from tests.rootfs import busybox_unavailable_reason, make_busybox_rootfs
 from tests.traffic import NODE_V4, NODE_V6, OUTSIDE_V4, OUTSIDE_V6, PYTHON, UPLINK, Lab, shutil_which
 
@@ -128,20 +129,6 @@ except OSError as exc:
 
 
 # --- small helpers --------------------------------------------------------------------
-
-
-def wait_for(what: str, attempt: Callable[[], tuple[bool, str]], timeout: float = READY_TIMEOUT,
-             interval: float = 0.1) -> str:
-    """Call ``attempt`` until it returns (True, text), then return the text; after ``timeout``
-    fail with the text of the last attempt."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, text = attempt()
-        if done:
-            return text
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last attempt: {text}")
-        time.sleep(interval)
 
 
 def http_get(ns: str, host: str, port: int, timeout: float = 3.0) -> tuple[bool, str]:
@@ -514,7 +501,7 @@ def web(pod: Pod) -> Ctr:
     """busybox httpd serving /www on port 80, published as WEB_PORT; answers once this returns."""
     ctr = pod.start(f"{pod.prefix}-web", "/bin/httpd", "-f", "-p", "80", "-h", "/www",
                     options=("-p", f"{WEB_PORT}:80"))
-    wait_for("httpd in the web container", lambda: pod.fetch(ctr, "http://127.0.0.1/"))
+    wait_for("httpd in the web container", lambda: pod.fetch(ctr, "http://127.0.0.1/"), READY_TIMEOUT, 0.1)
     return ctr
 
 
@@ -570,7 +557,7 @@ def test_the_running_container_is_attached_as_the_result_says(pod: Pod, web: Ctr
 def test_a_second_container_reaches_the_first(pod: Pod, web: Ctr, client: Ctr) -> None:
     assert client.v4 != web.v4 and in_subnet(client.v4, V4)
     for url in (f"http://{web.v4}/", f"http://[{web.v6}]/"):
-        wait_for(f"{url} from the client container", functools.partial(pod.fetch, client, url))
+        wait_for(f"{url} from the client container", functools.partial(pod.fetch, client, url), READY_TIMEOUT, 0.1)
 
 
 def test_outbound_traffic_leaves_masqueraded_as_the_node_uplink_address(pod: Pod, client: Ctr) -> None:
@@ -579,7 +566,7 @@ def test_outbound_traffic_leaves_masqueraded_as_the_node_uplink_address(pod: Pod
         def seen(outside: str = outside) -> tuple[bool, str]:
             proc = pod.exec(client, "nc", "-w", "2", outside, "7000", check=False)
             return proc.returncode == 0 and bool(proc.stdout.strip()), (proc.stdout + proc.stderr).strip()
-        peer = wait_for(f"the outside host {outside} from the client container", seen)
+        peer = wait_for(f"the outside host {outside} from the client container", seen, READY_TIMEOUT, 0.1)
         assert peer == node_address, (f"the outside host saw {peer}, not the node's uplink address "
                                       f"{node_address} (client {client.v4} / {client.v6})\n{pod.describe()}")
 
@@ -630,6 +617,6 @@ def test_conmon_cleanup_of_a_killed_rm_container_removes_every_trace(pod: Pod) -
     def removed() -> tuple[bool, str]:
         proc = pod.podman("container", "exists", ctr.name, check=False)
         return proc.returncode == 1, f"podman container exists: {proc.returncode} {proc.stderr.strip()}"
-    wait_for(f"conmon's clean-up of {ctr.name}", removed, timeout=60)
+    wait_for(f"conmon's clean-up of {ctr.name}", removed, timeout=60, interval=0.1)
     problems = pod.leftovers(ctr)
     assert not problems, "\n".join(problems) + "\n" + pod.describe()
