@@ -82,7 +82,8 @@ run_tests() {
 # CNI_BIN_DIR and CNI_CONF_DIR choose the two directories; --prefix DIR puts both under DIR
 # (for staging a package root). The executable is a one-folder bundle: it goes next to the
 # plugins as cni-bridge-<content hash>.d/, and BIN_DIR/cni-bridge is a symlink into it,
-# swapped atomically so a runtime calling the plugin during an upgrade never finds it missing.
+# swapped atomically so a runtime calling the plugin during an upgrade never finds it missing
+# (done by the built executable's own `install-cni --executable-only`).
 
 SHIPPED_CONFLIST=conf/10-cni-bridge.conflist
 
@@ -100,33 +101,13 @@ install_dirs() {
     INSTALLED_CONFLIST=$CONF_DIR/$(basename $SHIPPED_CONFLIST)
 }
 
-bundle_id() {
-    (cd dist/cni-bridge.d && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
-}
-
 install_plugin() {
     install_dirs "$@"
-    local bundle previous=""
-    bundle="cni-bridge-$(bundle_id).d"
-    mkdir -p "$BIN_DIR" "$CONF_DIR"
-    if [ -L "$BIN_DIR/cni-bridge" ]; then
-        previous=$(readlink "$BIN_DIR/cni-bridge"); previous=${previous%%/*}
-    elif [ -e "$BIN_DIR/cni-bridge" ]; then
-        echo "build.sh: $BIN_DIR/cni-bridge exists and is not ours (not a symlink into a bundle); not touching it" >&2
-        exit 1
-    fi
-    if [ ! -d "$BIN_DIR/$bundle" ]; then
-        rm -rf "$BIN_DIR/.$bundle.tmp"
-        cp -a dist/cni-bridge.d "$BIN_DIR/.$bundle.tmp"
-        mv -T "$BIN_DIR/.$bundle.tmp" "$BIN_DIR/$bundle"
-    fi
-    ln -sfn "$bundle/cni-bridge" "$BIN_DIR/.cni-bridge.tmp"
-    mv -T "$BIN_DIR/.cni-bridge.tmp" "$BIN_DIR/cni-bridge"
-    # Keep the bundle the old symlink pointed to: a plugin started from it may still be loading modules.
-    for old in "$BIN_DIR"/cni-bridge-*.d; do
-        case "$(basename "$old")" in "$bundle"|"$previous") ;; *) rm -rf "$old" ;; esac
-    done
-    log "installed $BIN_DIR/cni-bridge -> $bundle/cni-bridge"
+    mkdir -p "$CONF_DIR"
+    # The placement the Kubernetes DaemonSet does too (cni_bridge/install_cni.py): the bundle
+    # copied as cni-bridge-<content hash>.d/, the symlink swapped by rename, the previous
+    # bundle kept, older ones removed, a cni-bridge that is not our symlink refused.
+    dist/cni-bridge install-cni --executable-only --bin-dir "$BIN_DIR" --watch 0 >&2
     if [ ! -e "$INSTALLED_CONFLIST" ]; then
         install -m 0644 $SHIPPED_CONFLIST "$INSTALLED_CONFLIST"
         log "installed $INSTALLED_CONFLIST"

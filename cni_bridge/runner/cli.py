@@ -26,6 +26,7 @@ HELP = f"""\
 usage: {PLUGIN_NAME} add|check|del [-i IFNAME] [--container-id ID] NETNAME NETNS
        {PLUGIN_NAME} gc NETNAME
        {PLUGIN_NAME} status NETNAME
+       {PLUGIN_NAME} install-cni [options]    (see {PLUGIN_NAME} install-cni --help)
        {PLUGIN_NAME} --help | --version
 
 Without arguments, and with CNI_COMMAND in the environment, {PLUGIN_NAME} is a CNI plugin:
@@ -47,6 +48,9 @@ commands
            attachments: do not run gc on a network that a container runtime also uses.
            (cnitool gc deletes every cached attachment; this one keeps live ones.)
   status   STATUS of every plugin (cniVersion 1.1.0 or later); exit 0 when all are ready.
+  install-cni
+           set a Kubernetes node up: copy this executable into the CNI plugin directory and
+           write a network list for the node's pod CIDRs (the DaemonSet in deploy/ runs it).
 
 arguments
   NETNAME  the "name" of a network list in NETCONFPATH.
@@ -199,6 +203,9 @@ def run(argv: list[str], environ: dict[str, str]) -> int:
     if argv[0] == "--version":
         sys.stdout.write(f"{PLUGIN_NAME} {__version__}\n")
         return 0
+    if argv[0] == "install-cni":
+        from ..install_cni import run as install_cni
+        return install_cni(argv[1:], environ)
     try:
         if argv[0] not in COMMANDS:
             raise UsageError(f"unknown command {argv[0]!r}")
