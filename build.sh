@@ -3,6 +3,7 @@
 #   ./build.sh          build dist/cni-bridge (installs what the build needs)
 #   ./build.sh test     build, then run the whole test suite (installs what the tests need)
 #   ./build.sh bench    build, then time the plugin next to the reference plugins
+#   ./build.sh bench-cri  build, then time pod start and stop through containerd's CRI plugin, both chains
 #   ./build.sh demo     build, then attach a throwaway container to the shipped network and show it working
 #   ./build.sh install [--prefix DIR]   build, then install the plugin and the default network list
 #   ./build.sh uninstall [--prefix DIR] remove what install put there (a changed network list stays)
@@ -139,9 +140,10 @@ case "${1:-build}" in
     build) build ;;
     test) shift; build; run_tests "$@" ;;
     bench) shift; build; apt_install "${TEST_PACKAGES[@]}"; $VENV/bin/python tests/bench.py "$@" ;;
+    bench-cri) shift; build; apt_install "${TEST_PACKAGES[@]}"; $VENV/bin/python tests/cri_bench.py "$@" ;;
     demo) shift; build; apt_install curl; tests/demo.sh "$@" ;;
     install) shift; build; install_plugin "$@" ;;
     uninstall) shift; need_root; uninstall_plugin "$@" ;;
     clean) rm -rf build dist $VENV ;;
-    *) echo "usage: $0 [build|test|bench|demo|install|uninstall|clean]" >&2; exit 2 ;;
+    *) echo "usage: $0 [build|test|bench|bench-cri|demo|install|uninstall|clean]" >&2; exit 2 ;;
 esac
