@@ -23,17 +23,19 @@ class CniArgs:
 
 
 def parse_cni_args(raw: str) -> CniArgs:
+    """As libcni's LoadArgs reads them: every `;`-separated item is one KEY=VALUE."""
     pairs: dict[str, str] = {}
-    for item in raw.split(";"):
-        if not item:
-            continue
+    for item in raw.split(";") if raw else ():
         parts = item.split("=")
         if len(parts) != 2:
             raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: invalid pair {item!r}", "expected KEY=VALUE")
         pairs[parts[0]] = parts[1]
-    ignore_unknown = pairs.get("IgnoreUnknown", "").lower() in ("1", "true")
+    ignore = pairs.get("IgnoreUnknown", "false").lower()
+    if ignore not in ("1", "true", "0", "false"):
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: IgnoreUnknown={pairs['IgnoreUnknown']!r} is not a boolean",
+                       "use 1, true, 0 or false")
     unknown = [f"{k}={v}" for k, v in pairs.items() if k not in KNOWN_KEYS]
-    if unknown and not ignore_unknown:
+    if unknown and ignore not in ("1", "true"):
         raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: unknown args {unknown}",
                        "keys are case-sensitive; add IgnoreUnknown=1 to pass other keys")
     return CniArgs(

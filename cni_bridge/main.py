@@ -35,8 +35,8 @@ def _read_stdin() -> bytes:
 def _decode(raw: bytes) -> dict[str, Any]:
     try:
         # Strictly UTF-8, as Go reads it: json.loads(bytes) would also guess UTF-16 and UTF-32.
-        from .config.gojson import FractionalNumber
-        doc = json.loads(raw.decode("utf-8"), parse_float=FractionalNumber)
+        from .config.gojson import FractionalNumber, JsonObject
+        doc = json.loads(raw.decode("utf-8"), parse_float=FractionalNumber, object_pairs_hook=JsonObject.from_pairs)
     except RecursionError:
         raise CniError(DECODE_FAILURE, "failed to decode the network config on stdin",
                        "JSON nested too deeply") from None
@@ -88,9 +88,9 @@ def _run_command(command: str, raw: bytes, environ: dict[str, str], state: dict[
         conf = load_for_delete(doc, Log(prefix=f"{command} {invocation.container_id}: "))
     else:
         conf = load_netconf(doc, command)
-    from .request import build_request
-    request = build_request(invocation, conf)
     log = Log(conf.log_level, conf.log_file, prefix=f"{command} {conf.name}/{invocation.container_id}: ")
+    from .request import build_delete_request, build_request
+    request = build_delete_request(invocation, conf, log) if command == "DEL" else build_request(invocation, conf)
     state["log_file"] = conf.log_file
 
     from .commands import dispatch

@@ -5,9 +5,10 @@ from __future__ import annotations
 from .records import record
 
 from .cniargs import CniArgs, parse_cni_args
-from .config.model import NetConf
+from .config.model import NetConf, canonical_mac
 from .environment import Invocation
 from .errors import INVALID_ENVIRONMENT, CniError
+from .log import Log
 
 
 @record(frozen=True)
@@ -32,6 +33,19 @@ class Request:
 
 def build_request(invocation: Invocation, conf: NetConf) -> Request:
     cni_args = parse_cni_args(invocation.args)
+    return Request(invocation=invocation, conf=conf, cni_args=_checked(cni_args))
+
+
+def build_delete_request(invocation: Invocation, conf: NetConf, log: Log) -> Request:
+    """DEL needs no address or MAC from CNI_ARGS: unreadable ones are logged, not fatal."""
+    try:
+        return build_request(invocation, conf)
+    except CniError as exc:
+        log.warning(f"CNI_ARGS ignored: {exc}")
+        return Request(invocation=invocation, conf=conf, cni_args=CniArgs())
+
+
+def _checked(cni_args: CniArgs) -> CniArgs:
     import ipaddress
     clean_ips = []
     for ip in cni_args.ips:
@@ -39,10 +53,8 @@ def build_request(invocation: Invocation, conf: NetConf) -> Request:
             clean_ips.append(str(ipaddress.ip_interface(ip).ip if "/" in ip else ipaddress.ip_address(ip)))
         except ValueError:
             raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: IP={ip!r} is not a valid IP address") from None
-    mac = cni_args.mac.lower()
-    if mac and (len(mac) != 17 or any(len(part) != 2 or any(c not in "0123456789abcdef" for c in part)
-                                     for part in mac.split(":"))):
+    mac = canonical_mac(cni_args.mac) if cni_args.mac else ""
+    if mac is None:
         raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: MAC={cni_args.mac!r} is not a valid MAC address")
-    cni_args = CniArgs(ips=tuple(clean_ips), mac=mac, pod_namespace=cni_args.pod_namespace,
-                       pod_name=cni_args.pod_name, pod_uid=cni_args.pod_uid)
-    return Request(invocation=invocation, conf=conf, cni_args=cni_args)
+    return CniArgs(ips=tuple(clean_ips), mac=mac, pod_namespace=cni_args.pod_namespace,
+                   pod_name=cni_args.pod_name, pod_uid=cni_args.pod_uid)

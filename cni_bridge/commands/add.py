@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 
 from .. import versions
@@ -110,7 +111,10 @@ def _add(request: Request, log: Log, host: Netlink, netns_fd: int, rollback: Rol
                                      promisc=conf.promisc)
 
     if conf.is_gateway:
-        gateways = [(ip.gateway, ip.prefixlen) for ip in ipam_result.ips if ip.gateway]
+        for ip in ipam_result.ips:
+            if not ip.gateway:  # a delegated IPAM may name none: the reference takes the subnet's first address
+                ip.gateway = str(ipaddress.ip_interface(ip.address).network.network_address + 1)
+        gateways = [(ip.gateway, ip.prefixlen) for ip in ipam_result.ips]
         host_side.ensure_gateway_addresses(host, bridge, gateways, force=conf.force_address)
         host_side.enable_forwarding({ip.family for ip in ipam_result.ips})
 

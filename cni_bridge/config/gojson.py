@@ -48,6 +48,11 @@ class Origins:
     def note(self, obj: dict[str, Any], canonical: str, written: str) -> None:
         self._by_object.setdefault(id(obj), {})[canonical] = written
 
+    def inherit(self, obj: dict[str, Any], earlier: dict[str, Any] | None) -> None:
+        """`obj` continues `earlier` (a repeated key merging into it)."""
+        if earlier is not None and id(earlier) in self._by_object:
+            self._by_object[id(obj)] = dict(self._by_object[id(earlier)])
+
     def written_path(self, document: Any, path: list[str | int]) -> list[str | int]:
         """`path` into the canonical document, spelled with the caller's keys."""
         written: list[str | int] = []
@@ -65,7 +70,44 @@ class Origins:
         return written
 
 
+class JsonObject(dict):  # type: ignore[type-arg]
+    """A decoded JSON object that remembers every member, repeated keys included.
+
+    As a dict it holds the last value of each key, as json.loads does; `pairs` keeps them
+    all in order, because Go decodes a repeated key into what the earlier one left.
+    Build it with `json.loads(..., object_pairs_hook=JsonObject.from_pairs)`.
+    """
+
+    pairs: list[tuple[str, Any]]
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> JsonObject:
+        obj = cls(pairs)
+        obj.pairs = pairs
+        return obj
+
+
+def _members(value: dict[str, Any]) -> list[tuple[str, Any]]:
+    return value.pairs if isinstance(value, JsonObject) else list(value.items())
+
+
+# Schema annotation: an empty string here means "not set", as Go's zero value does for
+# the reference's optional strings and IP addresses (go-cni sends `"RangeStart": ""`).
+EMPTY_IS_UNSET = "emptyIsUnset"
+
+
 class _Canonicalizer:
+    """Decodes as Go's encoding/json does into the structs the shape stands for:
+
+    - a member sets the field it names: its exact name, else the first field that matches it
+      case-insensitively; members no field takes are kept as they are (and ignored);
+    - a repeated member decodes into what the earlier one left: an object merges into the
+      earlier object, an array's elements into the earlier array's elements (Go reuses them),
+      a map keeps its earlier keys; a scalar replaces;
+    - `null` clears an object, array or map field (Go sets it to nil) and leaves a scalar as
+      it was; an empty string clears a field annotated `emptyIsUnset`.
+    """
+
     def __init__(self, root: dict[str, Any]) -> None:
         self.root = root
         self.origins = Origins()
@@ -88,36 +130,51 @@ class _Canonicalizer:
             self._field_index[id(properties)] = index
         return index
 
-    def value(self, shape: dict[str, Any], value: Any) -> Any:
+    @staticmethod
+    def _is_container(shape: dict[str, Any]) -> bool:
+        kind = shape.get("type")
+        return kind in ("object", "array") or "properties" in shape or "items" in shape
+
+    def value(self, shape: dict[str, Any], value: Any, earlier: Any = None) -> Any:
         shape = self._resolve(shape)
         if isinstance(value, dict):
-            return self._object(shape, value)
+            return self._object(shape, value, earlier if isinstance(earlier, dict) else None)
         if isinstance(value, list) and isinstance(shape.get("items"), dict):
-            return [self.value(shape["items"], item) for item in value]
+            reused = earlier if isinstance(earlier, list) else []
+            return [self.value(shape["items"], item, reused[i] if i < len(reused) else None)
+                    for i, item in enumerate(value)]
         return value
 
-    def _object(self, shape: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+    def _object(self, shape: dict[str, Any], value: dict[str, Any], earlier: dict[str, Any] | None) -> dict[str, Any]:
         properties = shape.get("properties")
         extra = shape.get("additionalProperties")
-        out: dict[str, Any] = {}
         if not isinstance(properties, dict):
-            if isinstance(extra, dict):  # a map: keys are data
-                return {key: self.value(extra, item) for key, item in value.items()}
-            return value
+            if not isinstance(extra, dict):
+                return value
+            merged = dict(earlier or {})  # a map: keys are data, and Go keeps earlier ones
+            for key, item in _members(value):
+                merged[key] = self.value(extra, item, merged.get(key))
+            return merged
+        out: dict[str, Any] = dict(earlier or {})
+        self.origins.inherit(out, earlier)
         fields = self._fields(properties)
-        for key, item in value.items():
+        for key, item in _members(value):
             name = key if key in properties else fields.get(fold(key))
             if name is None:
                 out[key] = self.value(extra, item) if isinstance(extra, dict) else item
                 continue
-            if item is None:
-                continue  # Go leaves the field as it was: absent, or an earlier key's value
-            out[name] = self.value(properties[name], item)
+            field = self._resolve(properties[name])
+            if item is None or (item == "" and field.get(EMPTY_IS_UNSET)):
+                if item == "" or self._is_container(field):
+                    out.pop(name, None)
+                continue
+            out[name] = self.value(field, item, out.get(name))
             self.origins.note(out, name, key)
         return out
 
 
 def canonicalize(document: dict[str, Any], shape: dict[str, Any]) -> tuple[dict[str, Any], Origins]:
-    """A copy of `document` with known keys spelled as `shape` spells them, nulls dropped."""
+    """A copy of `document` as Go would have decoded it, with known keys spelled as `shape`
+    spells them and unset fields left out."""
     canonicalizer = _Canonicalizer(shape)
     return canonicalizer.value(shape, document), canonicalizer.origins

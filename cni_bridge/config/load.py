@@ -70,7 +70,7 @@ def _lone_surrogate_path(value: Any, origins: Origins, document: Any) -> str | N
     return None
 
 
-def _check(document: Document, command: str) -> NetConf:
+def _check(document: Document, command: str, explained: bool = True) -> NetConf:
     cni_version = document.version
     minimum = _MINIMUM_VERSION.get(command)
     if minimum and not versions.at_least(cni_version, minimum):
@@ -80,7 +80,7 @@ def _check(document: Document, command: str) -> NetConf:
     if where is not None:
         raise CniError(INVALID_CONFIG, f"{where}: holds a lone UTF-16 surrogate (an escape like \\ud800)",
                        "strings must be valid Unicode")
-    validate_document(document.canonical, document.schema, document.origins)
+    validate_document(document.canonical, document.schema, document.origins, explained)
     try:
         return build_netconf(document.canonical, cni_version, raw=document.raw)
     except CniError as exc:
@@ -122,7 +122,7 @@ def load_for_delete(raw: dict[str, Any], log: Log) -> NetConf:
     document = Document(raw)
     name = _network_name(document)
     try:
-        return _check(document, "DEL")
+        return _check(document, "DEL", explained=False)
     except CniError as exc:
         log.warning(f"the config has a problem; deleting by the attachment's identity: {exc}")
     canonical = document.canonical

@@ -79,6 +79,18 @@ class NetConf:
     raw: dict[str, Any]
 
 
+def canonical_mac(text: str) -> str | None:
+    """`02:42:ac:11:00:02` from any 48-bit form Go's net.ParseMAC reads (colons, hyphens,
+    dotted groups of four); None if `text` is none of them."""
+    for separator, width in ((":", 2), ("-", 2), (".", 4)):
+        parts = text.split(separator)
+        if len(parts) * width == 12 and all(len(p) == width for p in parts):
+            digits = "".join(parts).lower()
+            if all(c in "0123456789abcdef" for c in digits):
+                return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+    return None
+
+
 def _fail(path: str, why: str) -> CniError:
     return CniError(INVALID_CONFIG, f"{path}: {why}")
 
@@ -209,12 +221,17 @@ def build_netconf(doc: dict[str, Any], cni_version: str, raw: dict[str, Any] | N
     dns = None
     if doc.get("dns"):
         d = doc["dns"]
-        dns = DNS(nameservers=[_ip(s, "dns.nameservers[]") for s in d.get("nameservers", [])],
+        # Passed through unchecked, as the reference does: only the runtime reads them.
+        dns = DNS(nameservers=list(d.get("nameservers", [])),
                   domain=d.get("domain", ""), search=list(d.get("search", [])), options=list(d.get("options", [])))
     bridge = doc.get("bridge") or DEFAULT_BRIDGE
     if len(bridge.encode()) > 15:
         raise _fail("bridge", f"{bridge!r} is longer than 15 bytes, the kernel's limit for a link name")
     mtu = doc.get("mtu")
+    if mtu is not None and mtu <= 0:
+        mtu = None  # the reference's zero value: take the default
+    if mtu is not None and mtu < 68:
+        raise _fail("mtu", f"{mtu} is below 68, the smallest MTU IPv4 allows")
     if ipam is _UNSET:
         ipam = _ipam(doc, cni_version)
     if mtu is not None and mtu < 1280 and ipam and any(s.family == 6 for s in ipam.range_sets):
@@ -248,9 +265,9 @@ def build_netconf(doc: dict[str, Any], cni_version: str, raw: dict[str, Any] | N
         log_level=doc.get("logLevel", "warning"),
         port_mappings=_port_mappings(doc),
         runtime_ips=tuple(_ip(ip, "runtimeConfig.ips[]") for ip in runtime.get("ips") or []),
-        runtime_mac=(runtime.get("mac") or "").lower(),
+        runtime_mac=canonical_mac(runtime["mac"]) or "" if runtime.get("mac") else "",
         args_ips=tuple(_ip(ip, "args.cni.ips[]") for ip in args_cni.get("ips") or []),
-        args_mac=(args_cni.get("mac") or "").lower(),
+        args_mac=canonical_mac(args_cni["mac"]) or "" if args_cni.get("mac") else "",
         prev_result=prev_result,
         valid_attachments=_attachments(doc),
         raw=doc if raw is None else raw,

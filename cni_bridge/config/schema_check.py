@@ -19,6 +19,7 @@ SUPPORTED_KEYWORDS = frozenset({
     "$schema", "$id", "$defs", "$comment", "title", "description", "default", "examples",
     "$ref", "type", "properties", "required", "additionalProperties", "items", "enum",
     "minimum", "maximum", "minLength", "maxLength", "pattern", "minItems", "not",
+    "emptyIsUnset",  # ours: read by config/gojson.py before validation, nothing to check
 })
 
 

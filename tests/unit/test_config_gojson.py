@@ -198,3 +198,73 @@ def test_numbers_with_a_fraction_are_not_integers(text: str, path: str) -> None:
     doc = _decode(('{"cniVersion": "1.0.0", "name": "gonet", "type": "cni-bridge", ' + text + "}").encode())
     error = error_of(doc)
     assert error.code == INVALID_CONFIG and error.msg.startswith(path + ":"), error
+
+
+def decoded(text: str) -> dict[str, Any]:
+    from cni_bridge.main import _decode
+    return _decode(text.encode())
+
+
+def test_a_repeated_object_merges_into_the_earlier_one() -> None:
+    doc = decoded('{"cniVersion": "1.0.0", "name": "gonet", "type": "cni-bridge",'
+                  ' "ipam": {"type": "host-local"}, "IPAM": {"ranges": [[{"subnet": "10.77.0.0/24"}]]}}')
+    netconf = load_netconf(doc, "ADD")
+    assert netconf.ipam is not None and netconf.ipam.type == "host-local" and len(netconf.ipam.range_sets) == 1
+
+
+def test_a_repeated_array_decodes_into_the_earlier_elements() -> None:
+    doc = decoded('{"cniVersion": "1.0.0", "name": "gonet", "type": "cni-bridge", "runtimeConfig": {'
+                  '"portMappings": [{"hostPort": 1, "containerPort": 2, "protocol": "udp"}, {"hostPort": 3, "containerPort": 4}],'
+                  '"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}')
+    mappings = load_netconf(doc, "ADD").port_mappings
+    assert [(m.host_port, m.container_port, m.protocol) for m in mappings] == [(8080, 80, "udp")]
+
+
+def test_null_clears_a_list_or_object_but_not_a_scalar() -> None:
+    doc = decoded('{"cniVersion": "1.0.0", "name": "gonet", "type": "cni-bridge", "mtu": 1400, "MTU": null,'
+                  ' "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}], "PortMappings": null}}')
+    netconf = load_netconf(doc, "ADD")
+    assert netconf.mtu == 1400 and netconf.port_mappings == ()
+
+
+def test_repeated_exact_keys_keep_the_last_scalar() -> None:
+    assert load_netconf(decoded('{"cniVersion": "1.0.0", "name": "a", "name": "b", "type": "t"}'), "ADD").name == "b"
+
+
+@pytest.mark.parametrize("overlay", [
+    {"cniVersion": ""},
+    {"ipam": {"type": "", "ranges": [[{"subnet": "10.77.0.0/24"}]]}},
+    {"runtimeConfig": {"mac": "", "ipRanges": [[{"Subnet": "10.78.0.0/24", "RangeStart": "", "RangeEnd": "",
+                                                 "Gateway": ""}]]}},
+    {"args": {"cni": {"mac": ""}}},
+    {"ipam": {"type": "host-local", "dataDir": "", "resolvConf": "", "routes": [{"dst": "0.0.0.0/0", "gw": ""}],
+              "ranges": [[{"subnet": "10.77.0.0/24", "gateway": ""}]]}},
+], ids=["cniVersion", "ipam-type", "containerd-ip-ranges", "args-mac", "ipam-strings"])
+def test_an_empty_string_is_unset_where_go_reads_a_zero_value(overlay: dict[str, Any]) -> None:
+    netconf = load_netconf(conf(**overlay), "ADD")
+    assert netconf.runtime_mac == "" and netconf.args_mac == ""
+
+
+def test_the_empty_cni_version_is_the_implicit_one() -> None:
+    assert load_netconf(conf(cniVersion=""), "ADD").cni_version == "0.1.0"
+
+
+@pytest.mark.parametrize(("mtu", "expected"), [(0, None), (-5, None), (68, 68), (9000, 9000)])
+def test_mtu_zero_or_less_is_the_default(mtu: int, expected: int | None) -> None:
+    assert load_netconf(conf(mtu=mtu), "ADD").mtu == expected
+
+
+def test_mtu_below_68_is_refused() -> None:
+    assert error_of(conf(mtu=67)).msg.startswith("mtu:")
+
+
+@pytest.mark.parametrize("protocol", ["Udp", "uDP", "SCTP", "tcp"])
+def test_protocol_in_any_case(protocol: str) -> None:
+    mapping = load_netconf(conf(runtimeConfig={"portMappings": [
+        {"hostPort": 8080, "containerPort": 80, "protocol": protocol}]}), "ADD").port_mappings[0]
+    assert mapping.protocol == protocol.lower()
+
+
+def test_dns_nameservers_pass_through_unchecked() -> None:
+    netconf = load_netconf(conf(dns={"nameservers": ["not-an-address"]}), "ADD")
+    assert netconf.dns is not None and netconf.dns.nameservers == ["not-an-address"]

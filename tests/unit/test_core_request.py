@@ -142,9 +142,20 @@ def test_comma_separated_ips() -> None:
     assert make_request("IP=10.0.0.7,fd00::7").requested_ips == ("10.0.0.7", "fd00::7")
 
 
-def test_empty_items_and_empty_ip_value_are_ignored() -> None:
-    assert make_request(";IP=10.0.0.7;;").requested_ips == ("10.0.0.7",)
+def test_empty_ip_value_is_ignored_and_empty_items_are_invalid_pairs() -> None:
     assert make_request("IP=").requested_ips == ()
+    assert make_request("").requested_ips == ()
+    for raw in (";IP=10.0.0.7", "IP=10.0.0.7;", "IP=10.0.0.7;;IgnoreUnknown=1"):
+        with pytest.raises(CniError) as info:  # libcni's LoadArgs: every item is one KEY=VALUE
+            make_request(raw)
+        assert info.value.code == INVALID_ENVIRONMENT and "invalid pair" in info.value.msg
+
+
+@pytest.mark.parametrize("value", ["maybe", "yes", "2", ""])
+def test_ignore_unknown_must_be_a_boolean(value: str) -> None:
+    with pytest.raises(CniError) as info:
+        make_request(f"IgnoreUnknown={value};FOO=bar")
+    assert info.value.code == INVALID_ENVIRONMENT and "IgnoreUnknown" in info.value.msg
 
 
 def test_ignore_unknown_lets_other_keys_through() -> None:
@@ -190,11 +201,17 @@ def test_invalid_ip_in_cni_args(raw: str) -> None:
     assert "IP=" in error.msg
 
 
-@pytest.mark.parametrize("mac", ["0a:58:00:00:00", "0a:58:00:00:00:0g", "0a-58-00-00-00-01", "0a:58:00:00:00:001",
-                                 "0a580000000001", "0a:58:000:00:00:1", "zz:zz:zz:zz:zz:zz"])
+@pytest.mark.parametrize("mac", ["0a:58:00:00:00", "0a:58:00:00:00:0g", "0a-58-00:00-00-01", "0a:58:00:00:00:001",
+                                 "0a580000000001", "0a:58:000:00:00:1", "zz:zz:zz:zz:zz:zz", "0a58.0000.00001",
+                                 "0a:58:00:00:00:00:00:01"])
 def test_invalid_mac_in_cni_args(mac: str) -> None:
     error = env_error(f"MAC={mac}")
     assert "MAC=" in error.msg
+
+
+@pytest.mark.parametrize("mac", ["0A:58:00:00:00:01", "0a-58-00-00-00-01", "0a58.0000.0001"])
+def test_mac_in_cni_args_in_every_form_go_reads(mac: str) -> None:
+    assert make_request(f"MAC={mac}").mac == "0a:58:00:00:00:01"
 
 
 @pytest.mark.parametrize("raw", ["IP=10.0.0.7/abc", "IP=10.0.0.7/33", "IP=fd00::7/129", "IP=10.0.0.7/24/1"])

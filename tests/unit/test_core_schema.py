@@ -387,7 +387,7 @@ PATH_CASES: list[tuple[str, dict[str, Any], str]] = [
                                                                {"hostPort": 65536, "containerPort": 80}]}},
      "runtimeConfig.portMappings[1].hostPort"),
     ("vlan", {"vlan": 5000}, "vlan"),
-    ("mtu", {"mtu": -1}, "mtu"),
+    ("mtu", {"mtu": 65536}, "mtu"),
     ("bridge-slash", {"bridge": "br/0"}, "bridge"),
     ("bridge-too-long", {"bridge": "b" * 16}, "bridge"),
     ("name-bad-chars", {"name": "../x"}, "name"),
