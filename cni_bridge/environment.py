@@ -6,6 +6,7 @@ import re
 from .records import record
 
 from .errors import INVALID_ENVIRONMENT, CniError
+from .network.naming import interface_name_problem
 
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 
@@ -21,7 +22,6 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 
 # Container IDs and network names become file and chain names: the reference's pattern.
 SAFE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
-MAX_IFNAME_BYTES = 15
 
 
 @record(frozen=True)
@@ -43,16 +43,9 @@ def _require_utf8(name: str, value: str) -> None:
 
 def validate_ifname(ifname: str) -> None:
     _require_utf8("CNI_IFNAME", ifname)
-    if not ifname:
-        raise CniError(INVALID_ENVIRONMENT, "CNI_IFNAME: interface name is empty")
-    if len(ifname.encode()) > MAX_IFNAME_BYTES:
-        raise CniError(INVALID_ENVIRONMENT, "CNI_IFNAME: interface name is too long",
-                       f"{ifname!r} has more than {MAX_IFNAME_BYTES} bytes")
-    if ifname in (".", ".."):
-        raise CniError(INVALID_ENVIRONMENT, "CNI_IFNAME: interface name is . or ..", ifname)
-    if any(ch in "/:" or ch.isspace() for ch in ifname):
-        raise CniError(INVALID_ENVIRONMENT,
-                       "CNI_IFNAME: interface name contains / or : or whitespace characters", repr(ifname))
+    problem = interface_name_problem(ifname)
+    if problem is not None:
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_IFNAME: interface name {problem}", repr(ifname))
 
 
 def validate_container_id(container_id: str) -> None:

@@ -308,6 +308,12 @@ class Node:
     def link(self, name: str, ns: str | Container | None = None) -> dict[str, Any] | None:
         return next((link for link in self.links(ns) if link["ifname"] == name), None)
 
+    def existing_link(self, name: str, ns: str | Container | None = None) -> dict[str, Any]:
+        """``ip -j link show`` of a link that must exist."""
+        link = self.link(name, ns)
+        assert link is not None, f"no link {name!r} in {self._ns(ns)}"
+        return link
+
     def veths(self, ns: str | Container | None = None) -> list[str]:
         return [link["ifname"] for link in self.links(ns) if kind(link) == "veth"]
 

@@ -72,11 +72,24 @@ def run_del(request: Request, log: Log) -> None:
         _remove_firewall(request)
     except CniError as exc:
         errors.append(exc)
-    ipam = ipam_for(request)
-    if ipam is not None:
-        try:
+    try:
+        ipam = ipam_for(request)
+        if ipam is not None:
             ipam.delete()
-        except CniError as exc:
-            errors.append(exc)
+    except CniError as exc:
+        errors.append(exc)
     if errors:
-        raise errors[0]
+        raise _all_of(errors)
+
+
+def _all_of(errors: list[CniError]) -> CniError:
+    """One error that names every problem: DEL goes on after a failure, so may find several.
+
+    The code is the first error's; the details list each error in turn, so an operator
+    fixes them all at once instead of discovering them one DEL at a time.
+    """
+    if len(errors) == 1:
+        return errors[0]
+    first = errors[0]
+    listed = "; ".join(f"({n}) {error}" for n, error in enumerate(errors, 1))
+    return CniError(first.code, f"{first.msg} (and {len(errors) - 1} more: see details)", listed)

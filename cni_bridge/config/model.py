@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..records import record
 from .. import versions
 from ..errors import INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
+from ..network.naming import interface_name_problem
 from ..result import DNS, Result, Route, parse_result
 
 # typing costs ~3 ms to import; annotations are strings here, so only mypy needs it.
@@ -225,8 +226,9 @@ def build_netconf(doc: dict[str, Any], cni_version: str, raw: dict[str, Any] | N
         dns = DNS(nameservers=list(d.get("nameservers", [])),
                   domain=d.get("domain", ""), search=list(d.get("search", [])), options=list(d.get("options", [])))
     bridge = doc.get("bridge") or DEFAULT_BRIDGE
-    if len(bridge.encode()) > 15:
-        raise _fail("bridge", f"{bridge!r} is longer than 15 bytes, the kernel's limit for a link name")
+    problem = interface_name_problem(bridge)
+    if problem is not None:
+        raise _fail("bridge", f"{bridge!r} {problem}")
     mtu = doc.get("mtu")
     if mtu is not None and mtu <= 0:
         mtu = None  # the reference's zero value: take the default

@@ -5,7 +5,7 @@ second) keeps its conntrack entry, and with it the old verdict, until it times o
 reference portmap flushes these entries on ADD, and so do we.
 
 pyroute2's conntrack message class (nfct_msg) encodes and decodes; our netlink transport
-(cni_bridge.network.netlink) carries it. Its module imports pyroute2's asyncio socket core
+(cni_bridge.network.netlink_socket) carries it. Its module imports pyroute2's asyncio socket core
 (~50 ms), a cost paid only by an ADD that publishes a UDP port. One dump filtered on UDP and
 the destination port (CTA_FILTER, kernel >= 5.8; an older kernel refuses or ignores the
 filter, so the port is checked here too), then one delete per entry, named by its original
@@ -72,7 +72,7 @@ def _original_tuple(reply: Any, family: int, port: int) -> list[Any] | None:
 
 
 def _entries(nl: Any, nfct: Any, family: int, port: int) -> list[list[Any]]:
-    from ..network.netlink import NetlinkError
+    from ..network.netlink_socket import NetlinkError
     get = (_NFNL_SUBSYS_CTNETLINK << 8) | _IPCTNL_MSG_CT_GET
     filtered = [_udp_tuple(port),
                 ("CTA_FILTER", {"attrs": [("CTA_FILTER_ORIG_FLAGS", _FILTER_PROTO_NUM | _FILTER_PROTO_DST_PORT)]},
@@ -93,12 +93,12 @@ def flush_udp(host_ports: Iterable[int], families: Iterable[int] = (4, 6)) -> in
     if not ports:
         return 0
     from ..network import pyroute2_lean
-    from ..network.netlink import NETLINK_NETFILTER, Netlink, NetlinkError
+    from ..network.netlink_socket import NETLINK_NETFILTER, NetlinkError, NetlinkSocket
     nfct = pyroute2_lean.load("netlink.nfnetlink.nfctsocket")
     delete = (_NFNL_SUBSYS_CTNETLINK << 8) | _IPCTNL_MSG_CT_DELETE
     deleted = 0
     try:
-        with Netlink(NETLINK_NETFILTER) as nl:
+        with NetlinkSocket(NETLINK_NETFILTER) as nl:
             for family in families:
                 af = _FAMILIES[family]
                 for port in ports:

@@ -1,74 +1,52 @@
-"""A small rtnetlink client: our own socket transport, pyroute2's message classes.
+"""Route-family (rtnetlink) operations: links, veth pairs, bridge ports, addresses, routes.
 
-Why this split: pyroute2's ``IPRoute`` costs 150-190 ms to import (asyncio, ssl,
-multiprocessing...), while its message classes cost about 40 ms and already know
-every attribute layout. So pyroute2 encodes and decodes every message, and this
-module only frames them on a plain ``AF_NETLINK`` socket: stamp the sequence
-number, send, collect replies until the ACK or ``NLMSG_DONE``, turn a negative
-errno into an exception.
+Each operation builds a pyroute2 message and hands it to the generic netlink transport
+(``cni_bridge.network.netlink_socket``), which frames it, waits for the answer and turns
+a kernel errno into ``NetlinkError``; replies come back as the small records below.
 
-The socket belongs to the network namespace that is current when ``Netlink()`` is
-constructed. To talk to a container's namespace, construct it inside
-``cni_bridge.network.netns.inside(fd)``; the socket stays bound to that namespace
-after the thread switches back.
+``Netlink()`` is an rtnetlink socket in the network namespace current at construction
+(see netlink_socket). Only ``cni_bridge.network`` code that really does netlink should
+import this module, and lazily: importing it loads pyroute2's message layer.
 
-Only ``cni_bridge.network`` code that really does netlink should import this
-module, and lazily: importing it loads pyroute2's message layer.
+Gotchas of pyroute2 0.9.7's route-family message classes that shape the code below
+(the ones common to every family are in netlink_socket):
 
-Gotchas of pyroute2 0.9.7's message classes that shape the code below:
-
-- ``msg.encode()`` appends to ``msg.data``; encoding the same object twice produces
-  garbage. We encode once and re-stamp only the sequence number on retries.
-- A nested attribute needs ``NLA_F_NESTED`` in its type only when the kernel checks
-  for it (``IFLA_PROTINFO`` does: without the flag it is read as the legacy one-byte
-  port state). pyroute2 takes extra NLA flags as a third tuple element:
-  ``("IFLA_PROTINFO", {...}, NLA_F_NESTED)``.
+- The kernel checks ``NLA_F_NESTED`` on ``IFLA_PROTINFO``: without the flag it is read
+  as the legacy one-byte port state.
 - Several attribute classes are chosen from the enclosing message's ``family``
   (``IFLA_PROTINFO``, ``IFLA_AF_SPEC``, ``RTA_GATEWAY``...), so set ``family`` before
   adding attributes and before ``encode()``.
 - ``IFLA_INFO_DATA``'s class is chosen from ``IFLA_INFO_KIND``, which must come first.
-- ``nlmsgerr`` only declares the errno field, then parses attributes right after it,
-  where the kernel puts the echoed request header. We enable ``NETLINK_CAP_ACK`` so
-  that header is always exactly 16 bytes, and decode errors with a subclass that
-  spells it out, so the extended-ACK message attribute decodes correctly.
-- Decoding is lazy: ``decode()`` only slices the attribute chain; each attribute is
-  decoded on first ``get_attr()``. Unused attributes (statistics) cost nothing.
-- ``get_attr()`` returns ``None`` for an absent attribute and the decoded value
-  otherwise; a nested attribute's value is the nested message itself.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from typing import Any
 
 from cni_bridge.errors import LINK_FAILURE, CniError
-from cni_bridge.records import record
 from cni_bridge.network import pyroute2_lean
+from cni_bridge.network.netlink_socket import (
+    NETLINK_ROUTE,
+    NLA_F_NESTED,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NetlinkError,
+    NetlinkSocket,
+)
+from cni_bridge.records import record
 
-# Protocol numbers from the kernel's uapi headers (stable ABI). Our own copies are
-# typed ints; pyroute2's module constants would be Any to mypy.
-_NETLINK_ROUTE = 0
-NETLINK_NETFILTER = 12
-_SOL_NETLINK = 270
-_NETLINK_CAP_ACK = 10
-_NETLINK_EXT_ACK = 11
+__all__ = ["Address", "Link", "Netlink", "NetlinkError", "Route", "link_from"]
 
-_NLM_F_REQUEST = 0x1
-_NLM_F_ACK = 0x4
-_NLM_F_DUMP_INTR = 0x10
-_NLM_F_DUMP = 0x300
-_NLM_F_EXCL = 0x200
-_NLM_F_CREATE = 0x400
+# The rtnetlink message classes. Loaded by name through pyroute2_lean, which keeps
+# pyroute2's heavy package __init__ from running (see there).
+_ifinfmsg: Any = pyroute2_lean.load("netlink.rtnl.ifinfmsg").ifinfmsg
+_ifaddrmsg: Any = pyroute2_lean.load("netlink.rtnl.ifaddrmsg").ifaddrmsg
+_rtmsg: Any = pyroute2_lean.load("netlink.rtnl.rtmsg").rtmsg
 
-_NLMSG_NOOP = 1
-_NLMSG_ERROR = 2
-_NLMSG_DONE = 3
-_NLMSG_OVERRUN = 4
-
+# From the kernel's uapi headers (stable ABI), typed, unlike pyroute2's constants.
 _RTM_NEWLINK = 16
 _RTM_DELLINK = 17
 _RTM_GETLINK = 18
@@ -79,15 +57,12 @@ _RTM_GETADDR = 22
 _RTM_NEWROUTE = 24
 _RTM_GETROUTE = 26
 
-_NLA_F_NESTED = 0x8000
-
 _IFF_UP = 0x1
 _IFF_PROMISC = 0x100
 _ARPHRD_ETHER = 1
 _ARPHRD_LOOPBACK = 772
 
 _AF_BRIDGE = 7
-_RTEXT_FILTER_BRVLAN = 1 << 1
 _BRIDGE_VLAN_INFO_PVID = 0x2
 _BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 _DEFAULT_VLAN = 1
@@ -102,46 +77,6 @@ _RT_SCOPE_HOST = 254
 _RTPROT_BOOT = 3
 _RTN_UNICAST = 1
 _RTM_F_CLONED = 0x200
-
-_HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
-_SEQ_OFFSET = 8
-
-# The kernel caps a dump datagram at 32 KiB, so a 64 KiB buffer never truncates
-# one (a truncated datagram would silently lose messages).
-_RECV_SIZE = 65536
-_DUMP_ATTEMPTS = 3
-
-# The ACK/error message layout under NETLINK_CAP_ACK: errno, then only the header
-# of our request, then extended-ACK attributes. Built with type() because the base
-# class is untyped (mypy --strict refuses to subclass Any in a class statement).
-_CappedAck: Any = type(
-    "_CappedAck",
-    (pyroute2_lean.nlmsgerr,),
-    {
-        "__slots__": (),
-        "fields": (
-            ("error", "i"),
-            ("orig_length", "I"),
-            ("orig_type", "H"),
-            ("orig_flags", "H"),
-            ("orig_seq", "I"),
-            ("orig_pid", "I"),
-        ),
-    },
-)
-
-
-class NetlinkError(CniError):
-    """The kernel refused a request; ``errno`` says why (e.g. ``errno.EEXIST``)."""
-
-    def __init__(self, err: int, msg: str, details: str = "") -> None:
-        super().__init__(LINK_FAILURE, msg, details)
-        self.errno = err
-
-
-def _fail(what: str, err: int, details: str = "") -> NetlinkError:
-    reason = os.strerror(err).lower() if err else "protocol error"
-    return NetlinkError(err, f"failed to {what}: {reason}", details)
 
 
 @record(frozen=True)
@@ -202,7 +137,8 @@ def _ipv4_broadcast(address: str, prefixlen: int) -> str | None:
     return socket.inet_ntoa(struct.pack("!I", value | (0xFFFFFFFF >> prefixlen)))
 
 
-def _link_from(msg: Any) -> Link:
+def link_from(msg: Any) -> Link:
+    """The link an ``RTM_NEWLINK`` message (a reply to ``RTM_GETLINK``) describes."""
     get = msg.get_attr
     info = get("IFLA_LINKINFO")
     kind = (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or ""
@@ -271,160 +207,34 @@ def _route_from(msg: Any) -> Route:
     )
 
 
-class Netlink:
+class Netlink(NetlinkSocket):
     """An rtnetlink socket in the network namespace current at construction."""
 
-    def __init__(self, protocol: int = _NETLINK_ROUTE) -> None:
-        try:
-            sock = socket.socket(
-                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol
-            )
-        except OSError as e:
-            raise _fail("open a netlink socket", e.errno or 0) from None
-        try:
-            # Extended ACKs carry the kernel's reason ("VLAN filtering is disabled"),
-            # and CAP_ACK keeps error messages at a fixed layout (see _CappedAck).
-            sock.setsockopt(_SOL_NETLINK, _NETLINK_EXT_ACK, 1)
-            sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
-            sock.bind((0, 0))
-        except OSError as e:
-            sock.close()
-            raise _fail("set up the netlink socket", e.errno or 0) from None
-        self._sock: socket.socket | None = sock
-        self._seq = 0
-
-    def __enter__(self) -> Netlink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    # --- transport ----------------------------------------------------------
-
-    def _exchange(self, what: str, msg: Any, msg_type: int, flags: int) -> list[Any]:
-        """Send one encoded request; return its decoded replies (none for a plain ACK)."""
-        msg["header"]["type"] = msg_type
-        msg["header"]["flags"] = _NLM_F_REQUEST | _NLM_F_ACK | flags
-        try:
-            msg.encode()
-        except (ValueError, TypeError, KeyError, OSError, struct.error) as e:
-            # pyroute2 validates nothing up front: a malformed MAC or address only
-            # shows up here, as whatever its parser raised.
-            raise CniError(LINK_FAILURE, f"failed to {what}: invalid request", repr(e)) from None
-        request = bytearray(msg.data)
-        dump = flags & _NLM_F_DUMP == _NLM_F_DUMP
-        for _ in range(_DUMP_ATTEMPTS):
-            replies, interrupted = self._roundtrip(what, request, type(msg))
-            # A dump that raced with a change is inconsistent; the kernel flags it and
-            # a retry is the documented remedy. Keep the last answer if it persists.
-            if not (dump and interrupted):
-                break
-        return replies
-
-    def _roundtrip(self, what: str, request: bytearray, reply: Any) -> tuple[list[Any], bool]:
-        sock = self._sock
-        if sock is None:
-            raise CniError(LINK_FAILURE, f"failed to {what}: netlink socket is closed")
-        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
-        seq = self._seq
-        struct.pack_into("=I", request, _SEQ_OFFSET, seq)
-        try:
-            sock.send(request)
-        except OSError as e:
-            raise _fail(what, e.errno or 0) from None
-        replies: list[Any] = []
-        interrupted = False
-        while True:
-            try:
-                data = sock.recv(_RECV_SIZE)
-            except OSError as e:
-                raise _fail(what, e.errno or 0) from None
-            offset = 0
-            while offset + _HEADER.size <= len(data):
-                length, mtype, mflags, mseq, _pid = _HEADER.unpack_from(data, offset)
-                if length < _HEADER.size or offset + length > len(data):
-                    raise _fail(what, errno.EPROTO, f"truncated netlink message ({length} bytes)")
-                # Replies to an earlier request that was abandoned by an exception
-                # may still be queued; they are not ours.
-                if mseq == seq:
-                    if mflags & _NLM_F_DUMP_INTR:
-                        interrupted = True
-                    if mtype == _NLMSG_ERROR:
-                        self._raise_if_error(what, _CappedAck, data, offset)
-                        return replies, interrupted
-                    if mtype == _NLMSG_DONE:
-                        # DONE carries an errno too: a dump can fail half-way.
-                        self._raise_if_error(what, pyroute2_lean.nlmsgerr, data, offset)
-                        return replies, interrupted
-                    if mtype == _NLMSG_OVERRUN:
-                        raise _fail(what, errno.ENOBUFS, "netlink overrun")
-                    if mtype != _NLMSG_NOOP:
-                        replies.append(self._decode(what, reply, data, offset))
-                offset += (length + 3) & ~3
-
-    @staticmethod
-    def _decode(what: str, cls: Any, data: bytes, offset: int) -> Any:
-        msg = cls(data, offset=offset)
-        try:
-            msg.decode()
-        except Exception as e:  # pyroute2 raises assorted types on malformed input
-            raise CniError(LINK_FAILURE, f"failed to {what}: cannot decode reply", repr(e)) from None
-        return msg
-
-    @staticmethod
-    def _raise_if_error(what: str, cls: Any, data: bytes, offset: int) -> None:
-        (err,) = struct.unpack_from("=i", data, offset + _HEADER.size)
-        if err == 0:
-            return
-        details = ""
-        msg = cls(data, offset=offset)
-        try:
-            msg.decode()
-            details = msg.get_attr("NLMSGERR_ATTR_MSG") or ""
-        except Exception:
-            pass  # the errno alone is enough; the extended ACK is a bonus
-        raise _fail(what, -err, f"kernel: {details}" if details else "")
-
-    def _request(self, what: str, msg: Any, msg_type: int, flags: int = 0) -> list[Any]:
-        return self._exchange(what, msg, msg_type, flags)
-
-    def _dump(self, what: str, msg: Any, msg_type: int) -> list[Any]:
-        return self._exchange(what, msg, msg_type, _NLM_F_DUMP)
-
-    # Other netlink families (conntrack) reuse the transport with their own pyroute2 messages.
-    request = _request
-    dump = _dump
+    def __init__(self) -> None:
+        super().__init__(NETLINK_ROUTE)
 
     # --- links ----------------------------------------------------------------
 
     def link(self, name: str) -> Link | None:
         """The link called ``name``, or None if there is none."""
-        msg = pyroute2_lean.ifinfmsg()
+        msg = _ifinfmsg()
         msg["attrs"] = [("IFLA_IFNAME", name)]
         return self._get_link(f'get link "{name}"', msg)
 
     def link_by_index(self, index: int) -> Link | None:
         """The link with ifindex ``index``, or None if there is none."""
-        msg = pyroute2_lean.ifinfmsg()
+        msg = _ifinfmsg()
         msg["index"] = index
         return self._get_link(f"get link #{index}", msg)
 
     def _get_link(self, what: str, msg: Any) -> Link | None:
         try:
-            replies = self._request(what, msg, _RTM_GETLINK)
+            replies = self.request(what, msg, _RTM_GETLINK)
         except NetlinkError as e:
             if e.errno == errno.ENODEV:
                 return None
             raise
-        return _link_from(replies[0]) if replies else None
-
-    def links(self) -> list[Link]:
-        return [_link_from(m) for m in self._dump("list links", pyroute2_lean.ifinfmsg(), _RTM_GETLINK)]
+        return link_from(replies[0]) if replies else None
 
     def add_bridge(self, name: str, mtu: int | None, mac: str | None, vlan_filtering: bool) -> None:
         """Create a bridge; raises NetlinkError with errno EEXIST if the name is taken.
@@ -443,9 +253,9 @@ class Netlink:
         if data:
             info.append(("IFLA_INFO_DATA", {"attrs": data}))
         attrs.append(("IFLA_LINKINFO", {"attrs": info}))
-        msg = pyroute2_lean.ifinfmsg()
+        msg = _ifinfmsg()
         msg["attrs"] = attrs
-        self._request(f'create bridge "{name}"', msg, _RTM_NEWLINK, _NLM_F_CREATE | _NLM_F_EXCL)
+        self.request(f'create bridge "{name}"', msg, _RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
 
     def add_veth(
         self,
@@ -474,13 +284,13 @@ class Netlink:
             ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer})]}),
         ]
         attrs.append(("IFLA_LINKINFO", {"attrs": info}))
-        msg = pyroute2_lean.ifinfmsg()
+        msg = _ifinfmsg()
         msg["attrs"] = attrs
-        self._request(
+        self.request(
             f'create veth "{host_name}" with peer "{peer_name}"',
             msg,
             _RTM_NEWLINK,
-            _NLM_F_CREATE | _NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_EXCL,
         )
 
     def set_link(
@@ -514,16 +324,16 @@ class Netlink:
             attrs.append(("IFLA_MASTER", master))
         if not change and not attrs:
             return
-        msg = pyroute2_lean.ifinfmsg()
+        msg = _ifinfmsg()
         msg["index"] = index
         msg["flags"] = flags
         msg["change"] = change
         msg["attrs"] = attrs
-        self._request(f"set link #{index}", msg, _RTM_SETLINK)
+        self.request(f"set link #{index}", msg, _RTM_SETLINK)
 
     def del_link(self, index_or_name: int | str) -> bool:
         """Delete a link; False if it did not exist. Deleting one end of a veth deletes both."""
-        msg = pyroute2_lean.ifinfmsg()
+        msg = _ifinfmsg()
         if isinstance(index_or_name, int):
             msg["index"] = index_or_name
             what = f"delete link #{index_or_name}"
@@ -531,7 +341,7 @@ class Netlink:
             msg["attrs"] = [("IFLA_IFNAME", index_or_name)]
             what = f'delete link "{index_or_name}"'
         try:
-            self._request(what, msg, _RTM_DELLINK)
+            self.request(what, msg, _RTM_DELLINK)
         except NetlinkError as e:
             if e.errno == errno.ENODEV:
                 return False
@@ -549,34 +359,12 @@ class Netlink:
             attrs.append(("IFLA_BRPORT_ISOLATED", int(isolated)))
         if not attrs:
             return
-        msg = pyroute2_lean.ifinfmsg()
+        msg = _ifinfmsg()
         msg["family"] = _AF_BRIDGE
         msg["index"] = index
         # Without NLA_F_NESTED the bridge reads IFLA_PROTINFO as a bare port state.
-        msg["attrs"] = [("IFLA_PROTINFO", {"attrs": attrs}, _NLA_F_NESTED)]
-        self._request(f"set bridge port options of link #{index}", msg, _RTM_SETLINK)
-
-    def bridge_port_flags(self, index: int) -> dict[str, bool]:
-        """Read back ``{"hairpin": ..., "isolated": ...}`` of a bridge port."""
-        what = f"read bridge port options of link #{index}"
-        msg = pyroute2_lean.ifinfmsg()
-        msg["index"] = index
-        try:
-            replies = self._request(what, msg, _RTM_GETLINK)
-        except NetlinkError as e:
-            if e.errno == errno.ENODEV:
-                raise CniError(LINK_FAILURE, f"failed to {what}: no such link") from None
-            raise
-        info = replies[0].get_attr("IFLA_LINKINFO") if replies else None
-        # A port's own RTM_GETLINK reply carries its bridge-port attributes as
-        # "slave data" of kind "bridge": one plain request, no AF_BRIDGE dump needed.
-        if info is None or info.get_attr("IFLA_INFO_SLAVE_KIND") != "bridge":
-            raise CniError(LINK_FAILURE, f"failed to {what}: not a bridge port")
-        port = info.get_attr("IFLA_INFO_SLAVE_DATA")
-        return {
-            "hairpin": bool(port.get_attr("IFLA_BRPORT_MODE")),
-            "isolated": bool(port.get_attr("IFLA_BRPORT_ISOLATED")),
-        }
+        msg["attrs"] = [("IFLA_PROTINFO", {"attrs": attrs}, NLA_F_NESTED)]
+        self.request(f"set bridge port options of link #{index}", msg, _RTM_SETLINK)
 
     def set_port_vlan(self, index: int, vid: int) -> None:
         """Make ``vid`` the port's PVID and untagged, and drop the default VLAN 1.
@@ -588,12 +376,12 @@ class Netlink:
         if not 1 <= vid <= 4094:
             raise CniError(LINK_FAILURE, f"failed to {what}: VLAN id out of range 1-4094")
         info = {"flags": _BRIDGE_VLAN_INFO_PVID | _BRIDGE_VLAN_INFO_UNTAGGED, "vid": vid}
-        self._request(what, self._vlan_msg(index, info), _RTM_SETLINK)
+        self.request(what, self._vlan_msg(index, info), _RTM_SETLINK)
         if vid != _DEFAULT_VLAN:
             # On a port the kernel ignores deleting a VLAN it does not have, so this
             # is idempotent. It must be AF_BRIDGE: a plain RTM_DELLINK deletes the link.
             gone = {"flags": 0, "vid": _DEFAULT_VLAN}
-            self._request(
+            self.request(
                 f"remove default VLAN from bridge port #{index}",
                 self._vlan_msg(index, gone),
                 _RTM_DELLINK,
@@ -601,45 +389,19 @@ class Netlink:
 
     @staticmethod
     def _vlan_msg(index: int, info: dict[str, int]) -> Any:
-        msg = pyroute2_lean.ifinfmsg()
+        msg = _ifinfmsg()
         msg["family"] = _AF_BRIDGE
         msg["index"] = index
         msg["attrs"] = [("IFLA_AF_SPEC", {"attrs": [("IFLA_BRIDGE_VLAN_INFO", info)]})]
         return msg
 
-    def port_vlans(self, index: int) -> list[tuple[int, bool, bool]]:
-        """The VLANs of a bridge port as ``(vid, pvid, untagged)``, sorted by vid."""
-        msg = pyroute2_lean.ifinfmsg()
-        msg["family"] = _AF_BRIDGE
-        msg["attrs"] = [("IFLA_EXT_MASK", _RTEXT_FILTER_BRVLAN)]
-        # AF_BRIDGE has only a dump handler; a single-link request would be
-        # answered by the generic handler, without VLANs.
-        for reply in self._dump(f"list VLANs of bridge port #{index}", msg, _RTM_GETLINK):
-            if reply["index"] != index:
-                continue
-            spec = reply.get_attr("IFLA_AF_SPEC")
-            if spec is None:
-                continue
-            vlans = []
-            for info in spec.get_attrs("IFLA_BRIDGE_VLAN_INFO"):
-                flags = info["flags"]
-                vlans.append(
-                    (
-                        info["vid"],
-                        bool(flags & _BRIDGE_VLAN_INFO_PVID),
-                        bool(flags & _BRIDGE_VLAN_INFO_UNTAGGED),
-                    )
-                )
-            return sorted(vlans)
-        return []
-
     # --- addresses ----------------------------------------------------------------
 
     def addresses(self, index: int | None = None, family: int | None = None) -> list[Address]:
         """Addresses, optionally of one link and/or one family (AF_INET, AF_INET6)."""
-        msg = pyroute2_lean.ifaddrmsg()
+        msg = _ifaddrmsg()
         msg["family"] = family or socket.AF_UNSPEC
-        replies = self._dump("list addresses", msg, _RTM_GETADDR)
+        replies = self.dump("list addresses", msg, _RTM_GETADDR)
         result = [_address_from(m) for m in replies]
         # Without NETLINK_GET_STRICT_CHK the kernel ignores the index in dump
         # requests, so filter here.
@@ -654,7 +416,7 @@ class Netlink:
         what = f"add address {address}/{prefixlen} to link #{index}"
         family = _check_ip(address, what)
         flags = _IFA_F_NODAD if nodad and family == socket.AF_INET6 else 0
-        msg = pyroute2_lean.ifaddrmsg()
+        msg = _ifaddrmsg()
         msg["family"] = family
         msg["prefixlen"] = prefixlen
         msg["index"] = index
@@ -671,19 +433,19 @@ class Netlink:
             attrs.append(("IFA_FLAGS", flags))
         msg["scope"] = scope
         msg["attrs"] = attrs
-        self._request(what, msg, _RTM_NEWADDR, _NLM_F_CREATE | _NLM_F_EXCL)
+        self.request(what, msg, _RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
 
     def del_address(self, index: int, address: str, prefixlen: int) -> bool:
         """Remove an address; False if the link or the address was not there."""
         what = f"delete address {address}/{prefixlen} from link #{index}"
         family = _check_ip(address, what)
-        msg = pyroute2_lean.ifaddrmsg()
+        msg = _ifaddrmsg()
         msg["family"] = family
         msg["prefixlen"] = prefixlen
         msg["index"] = index
         msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
         try:
-            self._request(what, msg, _RTM_DELADDR)
+            self.request(what, msg, _RTM_DELADDR)
         except NetlinkError as e:
             if e.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
                 return False
@@ -694,10 +456,10 @@ class Netlink:
 
     def routes(self, family: int, table: int = _RT_TABLE_MAIN) -> list[Route]:
         """Routes of one family in one table (main by default), without cache clones."""
-        msg = pyroute2_lean.rtmsg()
+        msg = _rtmsg()
         msg["family"] = family
         result = []
-        for reply in self._dump("list routes", msg, _RTM_GETROUTE):
+        for reply in self.dump("list routes", msg, _RTM_GETROUTE):
             if reply["flags"] & _RTM_F_CLONED:
                 continue
             route = _route_from(reply)
@@ -734,7 +496,7 @@ class Netlink:
         if scope is None:
             scope = _RT_SCOPE_LINK if gateway is None and family == socket.AF_INET else _RT_SCOPE_UNIVERSE
         table_id = table or _RT_TABLE_MAIN  # 0 (RT_TABLE_UNSPEC) means main to the kernel too
-        msg = pyroute2_lean.rtmsg()
+        msg = _rtmsg()
         msg["family"] = family
         msg["dst_len"] = dst_len if dst is not None else 0
         # rtm_table is 8 bits wide; larger ids travel in RTA_TABLE only.
@@ -757,9 +519,9 @@ class Netlink:
         if advmss is not None:
             metrics.append(("RTAX_ADVMSS", advmss))
         if metrics:
-            attrs.append(("RTA_METRICS", {"attrs": metrics}, _NLA_F_NESTED))
+            attrs.append(("RTA_METRICS", {"attrs": metrics}, NLA_F_NESTED))
         msg["attrs"] = attrs
-        self._request(what, msg, _RTM_NEWROUTE, _NLM_F_CREATE | _NLM_F_EXCL)
+        self.request(what, msg, _RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL)
 
     def default_route_oif(self, family: int) -> int | None:
         """The ifindex of the main table's preferred default route, None if there is none."""

@@ -70,13 +70,6 @@ def open_container_netns(path: str) -> int:
     return fd
 
 
-def same_netns(fd_a: int, fd_b: int) -> bool:
-    """Whether two namespace fds refer to the same namespace (same nsfs inode)."""
-    a = os.fstat(fd_a)
-    b = os.fstat(fd_b)
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
 def _setns(libc: Any, fd: int, what: str) -> None:
     if libc.setns(fd, CLONE_NEWNET) != 0:
         import ctypes

@@ -11,9 +11,10 @@ normally from it.
 If the real package was imported already (a test or a tool using ``IPRoute``), we
 leave it alone: the submodules are the same files either way.
 
-Only this module knows about the trick. Everything else uses the names below:
-``ifinfmsg``, ``ifaddrmsg``, ``rtmsg``, ``nlmsgerr`` (message classes) and the
-constants modules ``rtnl`` and ``netlink``.
+Only this module knows about the trick. Everything else loads pyroute2 modules
+through ``load()``: the netlink transport takes ``nlmsgerr`` from here, each netlink
+family loads its own message classes (rtnetlink's in ``network/netlink.py``,
+ctnetlink's in ``firewall/conntrack.py``).
 """
 
 from __future__ import annotations
@@ -68,13 +69,4 @@ install_stub()
 # Imported through importlib rather than "from pyroute2... import": the stub must be
 # in place first, and an import statement would be hoisted by formatters and is
 # untyped anyway (pyroute2 ships no py.typed), so mypy sees Any either way.
-netlink = load("netlink")
-rtnl = load("netlink.rtnl")
-_ifinfmsg_mod = load("netlink.rtnl.ifinfmsg")
-_ifaddrmsg_mod = load("netlink.rtnl.ifaddrmsg")
-_rtmsg_mod = load("netlink.rtnl.rtmsg")
-
-ifinfmsg: Any = _ifinfmsg_mod.ifinfmsg
-ifaddrmsg: Any = _ifaddrmsg_mod.ifaddrmsg
-rtmsg: Any = _rtmsg_mod.rtmsg
-nlmsgerr: Any = netlink.nlmsgerr
+nlmsgerr: Any = load("netlink").nlmsgerr

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from cni_bridge.errors import SYSCTL_FAILURE, CniError
+from cni_bridge.network.naming import interface_name_problem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,16 +37,10 @@ def _check_path(key: str, shown: str) -> None:
 
 
 def _check_ifname(ifname: str, shown: str) -> None:
-    # The kernel's own rule for interface names (dev_valid_name), which also makes
-    # the name a single, harmless path component.
-    if (
-        not ifname
-        or len(ifname.encode()) > 15
-        or ifname in (".", "..")
-        or any(c in ifname for c in "/:\0")
-        or any(c.isspace() for c in ifname)
-    ):
-        raise CniError(SYSCTL_FAILURE, f'invalid interface name in sysctl key "{shown}"')
+    # A name the kernel would take (dev_valid_name) is a single, harmless path component.
+    problem = interface_name_problem(ifname)
+    if problem is not None:
+        raise CniError(SYSCTL_FAILURE, f'invalid interface name in sysctl key "{shown}": {ifname!r} {problem}')
 
 
 def resolve(key: Key) -> str:

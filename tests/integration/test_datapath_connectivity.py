@@ -47,7 +47,7 @@ def test_two_containers_reach_each_other_and_the_gateway_dual_stack(node: Node) 
         routes = {(r["dst"], r.get("gw")) for r in result["routes"]}
         assert routes == {("0.0.0.0/0", "10.201.0.1"), ("::/0", "fd00:201::1")}, result["routes"]
         # The container's MAC in the result is the real one.
-        assert result["interfaces"][2]["mac"] == node.link("eth0", container)["address"]
+        assert result["interfaces"][2]["mac"] == node.existing_link("eth0", container)["address"]
 
     addrs1 = sorted(ip["address"] for ip in r1["ips"])
     addrs2 = sorted(ip["address"] for ip in r2["ips"])
@@ -86,20 +86,20 @@ def test_bridge_mac_is_stable_across_attachments(node: Node) -> None:
     bridge = conf["bridge"]
     containers = [node.add_container() for _ in range(3)]
     r0 = node.add(conf, "mac-0", containers[0])
-    mac = node.link(bridge)["address"]
+    mac = node.existing_link(bridge)["address"]
     assert r0["interfaces"][0]["mac"] == mac
     seen = [mac]
     r1 = node.add(conf, "mac-1", containers[1])
-    seen.append(node.link(bridge)["address"])
+    seen.append(node.existing_link(bridge)["address"])
     assert r1["interfaces"][0]["mac"] == mac
     node.ok("DEL", conf, "mac-0", containers[0].path)
-    seen.append(node.link(bridge)["address"])
+    seen.append(node.existing_link(bridge)["address"])
     r2 = node.add(conf, "mac-2", containers[2])
-    seen.append(node.link(bridge)["address"])
+    seen.append(node.existing_link(bridge)["address"])
     assert r2["interfaces"][0]["mac"] == mac
     node.ok("DEL", conf, "mac-1", containers[1].path)
     node.ok("DEL", conf, "mac-2", containers[2].path)
-    seen.append(node.link(bridge)["address"])
+    seen.append(node.existing_link(bridge)["address"])
     assert seen == [mac] * len(seen), seen
     # Not a port's MAC: the kernel's choice (lowest port MAC) would change with the ports.
     assert mac not in {r["interfaces"][1]["mac"] for r in (r0, r1, r2)}
@@ -110,10 +110,10 @@ def test_explicit_mtu_applies_to_bridge_and_both_veth_ends(node: Node) -> None:
     c1, c2 = node.add_container(), node.add_container()
     r1 = node.add(conf, "mtu-1", c1)
     r2 = node.add(conf, "mtu-2", c2)
-    assert node.link(conf["bridge"])["mtu"] == 1450  # set when the bridge was created
+    assert node.existing_link(conf["bridge"])["mtu"] == 1450  # set when the bridge was created
     for result, container in ((r1, c1), (r2, c2)):
-        assert node.link(result["interfaces"][1]["name"])["mtu"] == 1450
-        assert node.link("eth0", container)["mtu"] == 1450
+        assert node.existing_link(result["interfaces"][1]["name"])["mtu"] == 1450
+        assert node.existing_link("eth0", container)["mtu"] == 1450
         assert [i.get("mtu") for i in result["interfaces"]] == [1450, 1450, 1450]  # 1.1.0 has mtu
     # Full-size packets for that MTU pass without fragmentation (DF set).
     out = subprocess.run(
@@ -128,16 +128,16 @@ def test_mtu_defaults_to_the_default_route_link(node: Node) -> None:
     conf = dual_stack(node)
     c1 = node.add_container()
     result = node.add(conf, "mtu-default", c1)
-    assert node.link(conf["bridge"])["mtu"] == 1400
-    assert node.link(result["interfaces"][1]["name"])["mtu"] == 1400
-    assert node.link("eth0", c1)["mtu"] == 1400
-    assert node.link("uplink0")["mtu"] == 1400  # untouched
+    assert node.existing_link(conf["bridge"])["mtu"] == 1400
+    assert node.existing_link(result["interfaces"][1]["name"])["mtu"] == 1400
+    assert node.existing_link("eth0", c1)["mtu"] == 1400
+    assert node.existing_link("uplink0")["mtu"] == 1400  # untouched
 
 
 def test_mtu_without_default_route_is_1500(node: Node) -> None:
     conf = dual_stack(node)
     c1 = node.add_container()
     result = node.add(conf, "mtu-none", c1)
-    assert node.link(conf["bridge"])["mtu"] == 1500
-    assert node.link(result["interfaces"][1]["name"])["mtu"] == 1500
-    assert node.link("eth0", c1)["mtu"] == 1500
+    assert node.existing_link(conf["bridge"])["mtu"] == 1500
+    assert node.existing_link(result["interfaces"][1]["name"])["mtu"] == 1500
+    assert node.existing_link("eth0", c1)["mtu"] == 1500

@@ -109,7 +109,7 @@ def test_mac_from_each_source_is_applied(node: Node, source: str) -> None:
     conf = dual(node, **extra)
     c = node.add_container()
     result = node.add(conf, f"mac-{source.lower()}", c, cni_args=cni_args)
-    assert node.link("eth0", c)["address"] == mac
+    assert node.existing_link("eth0", c)["address"] == mac
     assert result["interfaces"][2]["mac"] == mac
     assert node.ping(c, "10.203.0.1")
 
@@ -118,12 +118,12 @@ def test_mac_precedence_runtime_config_then_args_then_cni_args(node: Node) -> No
     conf = dual(node, runtimeConfig={"mac": "0a:58:00:00:00:01"}, args={"cni": {"mac": "0a:58:00:00:00:02"}})
     c1 = node.add_container()
     node.add(conf, "macp-1", c1, cni_args="MAC=0a:58:00:00:00:03")
-    assert node.link("eth0", c1)["address"] == "0a:58:00:00:00:01"
+    assert node.existing_link("eth0", c1)["address"] == "0a:58:00:00:00:01"
     conf2 = dict(conf)
     del conf2["runtimeConfig"]
     c2 = node.add_container()
     node.add(conf2, "macp-2", c2, cni_args="MAC=0a:58:00:00:00:03")
-    assert node.link("eth0", c2)["address"] == "0a:58:00:00:00:02"
+    assert node.existing_link("eth0", c2)["address"] == "0a:58:00:00:00:02"
 
 
 def test_exhausted_range_fails_with_104_and_leaves_nothing(node: Node) -> None:

@@ -88,7 +88,7 @@ def test_unreachable_route_gateway_keeps_existing_bridge_and_its_gateway(node: N
 def test_bridge_name_taken_by_another_link_kind(node: Node) -> None:
     bridge = node.bridge_name()
     link_kind = node.add_plain_link(bridge)
-    before = node.link(bridge)
+    before = node.existing_link(bridge)
     conf = conf_for(node, bridge)
     c = node.add_container()
 
@@ -108,7 +108,7 @@ def test_ifname_already_in_container(node: Node) -> None:
     c = node.add_container()
     link_kind = node.add_plain_link("eth0", c)
     nstools.run_in_netns(c.name, "ip", "addr", "add", "198.51.100.7/24", "dev", "eth0")
-    before = node.link("eth0", c)
+    before = node.existing_link("eth0", c)
 
     r = node.run("ADD", conf, "rb-exists", c.path)
     assert r.rc != 0 and r.code == 103, r

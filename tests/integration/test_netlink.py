@@ -20,9 +20,12 @@ from dataclasses import dataclass
 import pytest
 
 from cni_bridge.errors import LINK_FAILURE, NETNS_FAILURE, SYSCTL_FAILURE, CniError
-from cni_bridge.network import netns, sysctl
+from cni_bridge.network import netns, pyroute2_lean, sysctl
+from cni_bridge.network.naming import interface_name_problem
 from cni_bridge.network.netlink import Netlink, NetlinkError
+from cni_bridge.network.netlink_socket import NETLINK_NETFILTER, NetlinkSocket
 from tests import nstools
+from tests.netlink_readback import bridge_port_flags, links, port_vlans
 
 pytestmark = [
     pytest.mark.integration,
@@ -104,7 +107,7 @@ def test_bridge_with_mac_and_mtu(ns: Callable[[], Ns]) -> None:
     assert br is not None
     assert (br.kind, br.mac, br.mtu, br.master, br.up) == ("bridge", "02:11:22:33:44:55", 1400, 0, False)
     assert a.nl.link_by_index(br.index) == br
-    assert "br-t" in [link.name for link in a.nl.links()]
+    assert "br-t" in [link.name for link in links(a.nl)]
     shown = nstools.ip_json(a.name, "link", "show", "br-t")[0]
     assert shown["address"] == "02:11:22:33:44:55" and shown["mtu"] == 1400
     assert shown["linkinfo"]["info_data"]["vlan_filtering"] == 0
@@ -137,7 +140,7 @@ def test_missing_links(ns: Callable[[], Ns]) -> None:
     a = ns()
     assert a.nl.link("nope") is None
     assert a.nl.link_by_index(987654) is None
-    assert [link.name for link in a.nl.links()] == ["lo"]
+    assert [link.name for link in links(a.nl)] == ["lo"]
 
 
 def test_veth_peer_created_in_other_netns(ns: Callable[[], Ns]) -> None:
@@ -171,7 +174,34 @@ def test_veth_name_collisions(ns: Callable[[], Ns]) -> None:
     assert info.value.errno == errno.EEXIST
     assert '"vh-u"' in info.value.msg and '"eth0"' in info.value.msg
     assert host.nl.link("vh-u") is None
-    assert sorted(link.name for link in cont.nl.links()) == ["eth0", "lo"]
+    assert sorted(link.name for link in links(cont.nl)) == ["eth0", "lo"]
+
+
+# Names interface_name_problem refuses, split by what the kernel itself does with them.
+KERNEL_REFUSES = ["", "x" * 16, "é" * 8, ".", "..", "a/b", "a:b", "a b", "a\tb", "a\u00a0b", "à", "a\u0800"]
+KERNEL_TAKES = ['a"b', "a'b", "a\\b", "a\x01b", "a\u3000b", "a\u200bb"]  # quotes, unprintables, Unicode spaces
+
+
+def test_kernel_agrees_with_interface_name_problem(ns: Callable[[], Ns]) -> None:
+    a = ns()
+    for name in KERNEL_REFUSES:
+        assert interface_name_problem(name) is not None, name
+        with pytest.raises(NetlinkError) as info:
+            a.nl.add_bridge(name, None, None, False)
+        assert info.value.errno in (errno.EINVAL, errno.ERANGE), (name, info.value)
+    # What we refuse beyond the kernel's rules: it would take these names as they are...
+    for name in KERNEL_TAKES:
+        assert interface_name_problem(name) is not None, name
+        a.nl.add_bridge(name, None, None, False)
+        assert a.nl.link(name) is not None, name
+    # ...and would expand this one as a template, creating a link of another name.
+    assert interface_name_problem("cbt%d") is not None
+    a.nl.add_bridge("cbt%d", None, None, False)
+    assert a.nl.link("cbt%d") is None and a.nl.link("cbt0") is not None
+    for name in ("eth0", "é" * 7, "..."):
+        assert interface_name_problem(name) is None
+        a.nl.add_bridge(name, None, None, False)
+        assert a.nl.link(name) is not None, name
 
 
 def test_set_link_properties(ns: Callable[[], Ns]) -> None:
@@ -222,20 +252,19 @@ def test_bridge_port_flags(ns: Callable[[], Ns]) -> None:
     br = a.nl.link("br-t")
     assert br is not None
     port, _ = veth_pair(a)
-    with pytest.raises(CniError, match="not a bridge port"):
-        a.nl.bridge_port_flags(port)
+    assert bridge_port_flags(a.nl, port) is None  # not a bridge port yet
     a.nl.set_link(port, master=br.index)
-    assert a.nl.bridge_port_flags(port) == {"hairpin": False, "isolated": False}
+    assert bridge_port_flags(a.nl, port) == {"hairpin": False, "isolated": False}
 
     a.nl.set_bridge_port(port, hairpin=True, isolated=True)
-    assert a.nl.bridge_port_flags(port) == {"hairpin": True, "isolated": True}
+    assert bridge_port_flags(a.nl, port) == {"hairpin": True, "isolated": True}
     shown = nstools.ip_json(a.name, "link", "show", "va")[0]["linkinfo"]["info_slave_data"]
     assert shown["hairpin"] is True and shown["isolated"] is True
 
     a.nl.set_bridge_port(port, hairpin=None, isolated=False)
-    assert a.nl.bridge_port_flags(port) == {"hairpin": True, "isolated": False}
+    assert bridge_port_flags(a.nl, port) == {"hairpin": True, "isolated": False}
     a.nl.set_bridge_port(port, hairpin=False, isolated=None)
-    assert a.nl.bridge_port_flags(port) == {"hairpin": False, "isolated": False}
+    assert bridge_port_flags(a.nl, port) == {"hairpin": False, "isolated": False}
 
 
 def test_port_vlan(ns: Callable[[], Ns]) -> None:
@@ -252,9 +281,9 @@ def test_port_vlan(ns: Callable[[], Ns]) -> None:
             assert e.code == LINK_FAILURE and "VLAN 10" in e.msg
             pytest.skip("kernel built without CONFIG_BRIDGE_VLAN_FILTERING")
         raise
-    assert a.nl.port_vlans(port) == [(10, True, True)]
+    assert port_vlans(a.nl, port) == [(10, True, True)]
     a.nl.set_port_vlan(port, 10)  # idempotent
-    assert a.nl.port_vlans(port) == [(10, True, True)]
+    assert port_vlans(a.nl, port) == [(10, True, True)]
 
 
 def test_del_link_is_idempotent(ns: Callable[[], Ns]) -> None:
@@ -383,7 +412,25 @@ def test_closed_socket(ns: Callable[[], Ns]) -> None:
     with netns.inside(a.fd), Netlink() as nl:
         pass
     with pytest.raises(CniError, match="closed"):
-        nl.links()
+        nl.link("lo")
+
+
+def test_transport_speaks_another_family(ns: Callable[[], Ns]) -> None:
+    """The transport knows no rtnetlink: ctnetlink messages go through it unchanged."""
+    a = ns()
+    nfct = pyroute2_lean.load("netlink.nfnetlink.nfctsocket")
+    ct_get = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
+    msg = nfct.nfct_msg()
+    msg["nfgen_family"] = socket.AF_INET
+    with netns.inside(a.fd):
+        ct = NetlinkSocket(NETLINK_NETFILTER)  # stays in the namespace after we step out
+    with ct:
+        assert ct.dump("list conntrack entries", msg, ct_get) == []  # a fresh namespace tracks nothing
+        bad = nfct.nfct_msg()
+        bad["nfgen_family"] = socket.AF_INET
+        with pytest.raises(NetlinkError) as info:
+            ct.request("get an unnamed conntrack entry", bad, ct_get)  # a GET needs a tuple
+        assert info.value.errno == errno.EINVAL and info.value.code == LINK_FAILURE
 
 
 # --- namespaces ----------------------------------------------------------------------
@@ -409,12 +456,17 @@ def test_open_netns_not_a_netns_file() -> None:
     assert info.value.code == NETNS_FAILURE and "not a network namespace" in info.value.msg
 
 
-def test_same_netns(ns: Callable[[], Ns]) -> None:
+def nsfs_identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def test_open_netns_opens_that_namespace(ns: Callable[[], Ns]) -> None:
     a, b = ns(), ns()
     again = netns.open_netns(a.path)
     try:
-        assert netns.same_netns(a.fd, again)
-        assert not netns.same_netns(a.fd, b.fd)
+        assert nsfs_identity(again) == nsfs_identity(a.fd)
+        assert nsfs_identity(again) != nsfs_identity(b.fd)
     finally:
         os.close(again)
 

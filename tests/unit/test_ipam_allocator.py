@@ -9,6 +9,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,6 +23,9 @@ from cni_bridge.errors import (
 from cni_bridge.ipam.allocator import Allocation, allocate, check, gc, has_free_address, release
 from cni_bridge.ipam.ranges import RangeSet, parse_range_set
 from cni_bridge.ipam.store import Store, ip_filename, parse_ip_filename
+
+if TYPE_CHECKING:
+    from cni_bridge.ipam.ranges import IPAddress
 
 pytestmark = pytest.mark.unit
 
