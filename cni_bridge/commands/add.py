@@ -32,21 +32,17 @@ def _default_routes(ips: list[IPConfig], routes: list[Route]) -> list[Route]:
 
 
 def _install_firewall(request: Request, ips: list[IPConfig], bridge: str, rollback: Rollback, log: Log) -> None:
-    from ..firewall import flush_udp_conntrack, install
-    from ..network import sysctl
+    from ..firewall import driver_named, orchestrate, portmap
     from .rules import attachment_rules
     conf = request.conf
-    undo = install(attachment_rules(request, ips), conf.state_dir)
+    undo = orchestrate.install(driver_named("iptables"), attachment_rules(request, ips), conf.state_dir)
     rollback.push("install firewall rules", undo)
     if conf.port_mappings and conf.snat and any(ip.family == 4 for ip in ips):
-        # 127.0.0.1:port is DNATed to the container and routed out of the bridge: the kernel
-        # drops such packets unless the bridge allows loopback sources (the localhost guard
-        # in raw PREROUTING keeps outsiders from using the same door).
-        sysctl.ensure(("net/ipv4/conf/{}/route_localnet", bridge), 1)
+        portmap.allow_localhost_publishing(bridge)
     udp_ports = sorted({pm.host_port for pm in conf.port_mappings if pm.protocol == "udp"})
     if udp_ports:
         try:
-            flush_udp_conntrack(udp_ports)
+            portmap.flush_udp_conntrack(udp_ports)
         except CniError as exc:  # stale entries only delay traffic; the attachment itself is fine
             log.warning(f"could not flush UDP conntrack entries for ports {udp_ports}: {exc}")
 

@@ -72,7 +72,7 @@ def run_check(request: Request, log: Log) -> None:
     if ipam is not None:
         ipam.check(ours)
     if ours:
-        from ..firewall import check as check_firewall
+        from ..firewall import driver_named, orchestrate
         from .rules import attachment_rules
-        check_firewall(attachment_rules(request, ours), conf.state_dir)
+        orchestrate.check(driver_named("iptables"), attachment_rules(request, ours), conf.state_dir)
     log.debug("check passed")

@@ -48,10 +48,11 @@ def _delete_container_end(request: Request, log: Log) -> None:
 def _remove_firewall(request: Request) -> None:
     from ..firewall.state import attachment_key, is_recorded
     conf, inv = request.conf, request.invocation
-    # Only an attachment whose ADD installed rules has a record: skip the iptables code otherwise.
+    # Only an attachment whose ADD installed rules has a record: skip the firewall code otherwise.
     if is_recorded(conf.state_dir, attachment_key(conf.name, inv.container_id, inv.ifname)):
-        from ..firewall import remove
-        remove(conf.name, inv.container_id, inv.ifname, conf.state_dir)
+        from ..firewall.driver import Identity
+        from ..firewall.orchestrate import remove
+        remove(Identity(conf.name, inv.container_id, inv.ifname), conf.state_dir)
 
 
 def run_del(request: Request, log: Log) -> None:

@@ -19,7 +19,7 @@ def run_gc(request: Request, log: Log) -> None:
         problems += ipam.gc(valid)
     import os
     if os.path.isdir(request.conf.state_dir):  # no state: this host never installed a rule
-        from ..firewall import gc as gc_firewall
+        from ..firewall.orchestrate import gc as gc_firewall
         problems += gc_firewall(request.conf.name, valid, request.conf.state_dir)
     for problem in problems:
         log.error(problem)

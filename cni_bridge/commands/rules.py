@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..firewall.plan import AttachmentRules
+from ..firewall.model import AttachmentRules
 from ..request import Request
 from ..result import IPConfig
 

@@ -6,6 +6,7 @@ from ..records import record
 from .. import versions
 from ..errors import INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
 from ..network.naming import interface_name_problem
+from ..firewall.portmap import PortMapping
 from ..result import DNS, Result, Route, parse_result
 
 # typing costs ~3 ms to import; annotations are strings here, so only mypy needs it.
@@ -19,14 +20,6 @@ DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 HOST_LOCAL = "host-local"
 DEFAULT_MASQ_BIT = 13
 DEFAULT_STATE_DIR = "/run/cni-bridge"
-
-
-@record(frozen=True)
-class PortMapping:
-    host_port: int
-    container_port: int
-    protocol: str
-    host_ip: str = ""
 
 
 @record(frozen=True)

@@ -1,15 +1,15 @@
 """What the firewall installed, on disk: per attachment, per shared resource, per host port.
 
-One directory per network namespace (iptables state is per namespace), host-wide: the
+One directory per network namespace (firewall state is per namespace), host-wide: the
 shared chains and the host ports belong to every network on the host, so a directory
 per network would count users and detect conflicts wrongly. Layout:
 
     lock                           exclusive flock held by every firewall operation
     generation                     "<boot id> <netns inode>" the records below describe
-    attachments/<key>.json         one per attachment: its chains and exact rule lines
-                                   per family, its shared keys and its port claims
-    shared/<4|6>/<key>/def.json    a shared resource's chains and rules as created
-    shared/<4|6>/<key>/u-<key>     one empty file per attachment using it
+    attachments/<key>.json         one per attachment: the driver that installed it, its
+                                   items per unit (driver.py), its shared keys and its claims
+    shared/<unit>/<key>/def.json   a shared resource's items as created
+    shared/<unit>/<key>/u-<key>    one empty file per attachment using it
     ports/<proto>-<port>/<hostIP>  a published port; holds the holder's identity
 
 <key> of an attachment is 32 hex digits of sha256(network, container ID, ifname).
@@ -41,20 +41,26 @@ import json
 import os
 
 from ..errors import FIREWALL_FAILURE, PORT_CONFLICT, CniError
+from ..network.naming import attachment_digest
 from ..records import record
-from .plan import Claim, Rule, Shared, attachment_digest
+from .driver import Shared
+from .portmap import Claim
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
+    from .driver import Item
+
 _DIR_MODE = 0o700  # records name containers; nobody else needs to read them
 _FILE_MODE = 0o600
 _KEY_DIGITS = 32
 _USER_PREFIX = "u-"
 _DEF_NAME = "def.json"
-_FORMAT = 1
+_FORMAT = 2
+# Records of format 1 were written by the iptables code before drivers existed.
+_FORMAT_1_DRIVER = "iptables"
 
 
 def attachment_key(network: str, container_id: str, ifname: str) -> str:
@@ -73,44 +79,39 @@ def is_recorded(state_dir: str, key: str) -> bool:
 
 @record(frozen=True)
 class Installed:
-    """What ADD put into one family: own chains, own rules (exact text), shared keys used."""
+    """What ADD put into one unit: its own items, and the keys of the shared resources it uses."""
 
-    family: int
-    chains: tuple[tuple[str, str], ...]
-    rules: tuple[Rule, ...]
+    unit: str
+    items: tuple[Item, ...]
     shared: tuple[str, ...]
 
 
 @record(frozen=True)
 class Attachment:
+    driver: str
     network: str
     container_id: str
     ifname: str
-    families: tuple[Installed, ...]
+    units: tuple[Installed, ...]
     claims: tuple[Claim, ...]
 
     @property
     def key(self) -> str:
         return attachment_key(self.network, self.container_id, self.ifname)
 
-    def holder(self) -> str:
-        return f"container {self.container_id} (ifname {self.ifname}, network {self.network})"
-
 
 def _error(action: str, path: str, exc: OSError) -> CniError:
     return CniError(FIREWALL_FAILURE, f"failed to {action} firewall state {path}: {exc.strerror}")
 
 
-def _rule_to_json(rule: Rule) -> list[Any]:
-    return [rule.table, rule.chain, rule.spec, rule.insert]
+def _items_from_json(raw: list[Any]) -> tuple[Item, ...]:
+    return tuple(tuple(item) for item in raw)
 
 
-def _rule_from_json(raw: list[Any]) -> Rule:
-    return Rule(str(raw[0]), str(raw[1]), str(raw[2]), bool(raw[3]))
-
-
-def _chains_from_json(raw: list[Any]) -> tuple[tuple[str, str], ...]:
-    return tuple((str(table), str(chain)) for table, chain in raw)
+def _format_1_items(doc: dict[str, Any]) -> tuple[Item, ...]:
+    """iptables chains and rules as format 1 kept them, as the iptables driver's items."""
+    return (*(("chain", str(t), str(c)) for t, c in doc["chains"]),
+            *(("rule", str(t), str(c), str(spec), bool(ins)) for t, c, spec, ins in doc["rules"]))
 
 
 def _claim_to_json(claim: Claim) -> list[Any]:
@@ -120,24 +121,29 @@ def _claim_to_json(claim: Claim) -> list[Any]:
 def _attachment_to_json(att: Attachment) -> dict[str, Any]:
     return {
         "format": _FORMAT,
+        "driver": att.driver,
         "network": att.network,
         "containerID": att.container_id,
         "ifname": att.ifname,
-        "families": [{"family": f.family, "chains": [list(c) for c in f.chains],
-                      "rules": [_rule_to_json(r) for r in f.rules], "shared": list(f.shared)}
-                     for f in att.families],
+        "units": [{"unit": u.unit, "items": [list(i) for i in u.items], "shared": list(u.shared)}
+                  for u in att.units],
         "claims": [_claim_to_json(c) for c in att.claims],
     }
 
 
 def _attachment_from_json(doc: dict[str, Any]) -> Attachment:
+    if doc.get("format", 1) == 1:
+        units = tuple(Installed(str(f["family"]), _format_1_items(f), tuple(str(k) for k in f["shared"]))
+                      for f in doc["families"])
+    else:
+        units = tuple(Installed(str(u["unit"]), _items_from_json(u["items"]), tuple(str(k) for k in u["shared"]))
+                      for u in doc["units"])
     return Attachment(
+        driver=str(doc.get("driver", _FORMAT_1_DRIVER)),
         network=str(doc["network"]),
         container_id=str(doc["containerID"]),
         ifname=str(doc["ifname"]),
-        families=tuple(Installed(int(f["family"]), _chains_from_json(f["chains"]),
-                                 tuple(_rule_from_json(r) for r in f["rules"]),
-                                 tuple(str(k) for k in f["shared"])) for f in doc["families"]),
+        units=units,
         claims=tuple(Claim(str(p), int(n), str(ip)) for p, n, ip in doc["claims"]),
     )
 
@@ -301,74 +307,77 @@ class Store:
 
     # --- shared resources -------------------------------------------------------------
 
-    def _shared_dir(self, family: int, key: str) -> str:
+    def _shared_dir(self, unit: str, key: str) -> str:
         # Keys hold a bridge name (no "/" in interface names) or a number; escaping "/"
         # anyway keeps a path component a path component.
-        return self._path("shared", str(family), key.replace("/", "%2F"))
+        return self._path("shared", unit, key.replace("/", "%2F"))
 
-    def other_users(self, family: int, key: str, me: str) -> bool:
+    def other_users(self, unit: str, key: str, me: str) -> bool:
         """Whether an attachment other than `me` uses the shared resource."""
         mine = _USER_PREFIX + me
         try:
-            with os.scandir(self._shared_dir(family, key)) as entries:
+            with os.scandir(self._shared_dir(unit, key)) as entries:
                 return any(e.name.startswith(_USER_PREFIX) and e.name != mine for e in entries)
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise _error("list", self._shared_dir(family, key), exc) from None
+            raise _error("list", self._shared_dir(unit, key), exc) from None
 
-    def users(self, family: int, key: str) -> list[str]:
+    def users(self, unit: str, key: str) -> list[str]:
         try:
-            names = os.listdir(self._shared_dir(family, key))
+            names = os.listdir(self._shared_dir(unit, key))
         except FileNotFoundError:
             return []
         return [n[len(_USER_PREFIX):] for n in names if n.startswith(_USER_PREFIX)]
 
-    def add_user(self, family: int, resource: Shared, me: str, created: bool) -> None:
-        directory = self._shared_dir(family, resource.key)
+    def add_user(self, unit: str, resource: Shared, me: str, created: bool) -> None:
+        directory = self._shared_dir(unit, resource.key)
         try:
             os.makedirs(directory, mode=_DIR_MODE, exist_ok=True)
             if created or not os.path.exists(os.path.join(directory, _DEF_NAME)):
-                doc = {"key": resource.key, "chains": [list(c) for c in resource.chains],
-                       "rules": [_rule_to_json(r) for r in resource.rules]}
+                doc = {"format": _FORMAT, "key": resource.key, "items": [list(i) for i in resource.items]}
                 self._write(os.path.join(directory, _DEF_NAME), json.dumps(doc, separators=(",", ":")).encode())
             os.close(os.open(os.path.join(directory, _USER_PREFIX + me),
                              os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE))
         except OSError as exc:
             raise _error("write", directory, exc) from None
 
-    def definition(self, family: int, key: str) -> Shared | None:
+    def definition(self, unit: str, key: str) -> Shared | None:
         """The resource as its creator recorded it: exactly the lines it added."""
-        path = os.path.join(self._shared_dir(family, key), _DEF_NAME)
+        path = os.path.join(self._shared_dir(unit, key), _DEF_NAME)
         try:
             with open(path, encoding="utf-8") as f:
                 doc = json.load(f)
-            return Shared(str(doc["key"]), _chains_from_json(doc["chains"]),
-                          tuple(_rule_from_json(r) for r in doc["rules"]))
+            items = _format_1_items(doc) if doc.get("format", 1) == 1 else _items_from_json(doc["items"])
+            return Shared(str(doc["key"]), items)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return None  # unreadable: the caller renders the definition from the key
 
-    def drop_user(self, family: int, key: str, me: str) -> None:
-        directory = self._shared_dir(family, key)
+    def drop_user(self, unit: str, key: str, me: str) -> None:
+        directory = self._shared_dir(unit, key)
         try:
             self._unlink(os.path.join(directory, _USER_PREFIX + me))
-            if not self.users(family, key):
+            if not self.users(unit, key):
                 self._unlink(os.path.join(directory, _DEF_NAME))
                 self._rmdir(directory)
         except OSError as exc:
             raise _error("update", directory, exc) from None
 
-    def shared_resources(self) -> list[tuple[int, str]]:
-        """Every (family, key) with a directory (GC only)."""
-        out: list[tuple[int, str]] = []
-        for family in (4, 6):
+    def shared_resources(self) -> list[tuple[str, str]]:
+        """Every (unit, key) with a directory (GC only)."""
+        out: list[tuple[str, str]] = []
+        try:
+            units = sorted(os.listdir(self._path("shared")))
+        except FileNotFoundError:
+            return out
+        for unit in units:
             try:
-                names = sorted(os.listdir(self._path("shared", str(family))))
-            except FileNotFoundError:
+                names = sorted(os.listdir(self._path("shared", unit)))
+            except OSError:
                 continue
-            out.extend((family, name.replace("%2F", "/")) for name in names)
+            out.extend((unit, name.replace("%2F", "/")) for name in names)
         return out
 
     # --- port claims ------------------------------------------------------------------

@@ -48,16 +48,22 @@ def interface_name_problem(name: str) -> str | None:
     return None
 
 
+def attachment_digest(network: str, container_id: str, ifname: str) -> str:
+    """sha256 of an attachment's identity, hex: the source of every name derived from it
+    (host veth, firewall chains, state files). NUL-separated, so ("a", "bc") and ("ab", "c")
+    differ; ifname included, so two interfaces of one container get their own."""
+    import hashlib  # only where a name is derived: validating a name must stay cheap
+
+    return hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
+
+
 def host_veth_name(network: str, container_id: str, ifname: str) -> str:
     """`veth` + 11 hex digits: 15 bytes, the kernel's limit.
 
     The reference picks a random name, so after the container's namespace is gone nothing
     says which host link was its; a name derived from the attachment can always be found.
     """
-    import hashlib  # only where a name is derived: validating a name must stay cheap
-
-    digest = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
-    return "veth" + digest[:11]
+    return "veth" + attachment_digest(network, container_id, ifname)[:11]
 
 
 def bridge_mac(bridge: str) -> str:

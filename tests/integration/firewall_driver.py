@@ -1,4 +1,4 @@
-"""Run one cni_bridge.firewall call in this process's network namespace; print JSON.
+"""Run one firewall orchestration call in this process's network namespace; print JSON.
 
 Used by test_firewall_iptables.py as ``ip netns exec <ns> python -m
 tests.integration.firewall_driver '<json request>'`` so that iptables is only ever
@@ -12,13 +12,15 @@ import json
 import sys
 from typing import Any
 
-from cni_bridge.config.model import PortMapping
 from cni_bridge.errors import CniError
-from cni_bridge import firewall
+from cni_bridge.firewall import driver_named, orchestrate, portmap
+from cni_bridge.firewall.driver import Identity
+from cni_bridge.firewall.model import AttachmentRules
+from cni_bridge.firewall.portmap import PortMapping
 
 
-def rules_from(doc: dict[str, Any]) -> firewall.AttachmentRules:
-    return firewall.AttachmentRules(
+def rules_from(doc: dict[str, Any]) -> AttachmentRules:
+    return AttachmentRules(
         network=doc["network"],
         bridge=doc.get("bridge", "cnibr0"),
         container_id=doc["container_id"],
@@ -42,23 +44,25 @@ def rules_from(doc: dict[str, Any]) -> firewall.AttachmentRules:
 def run(request: dict[str, Any]) -> object:
     op = request["op"]
     state_dir = request.get("state_dir", "")
+    driver = driver_named(request.get("driver", "iptables"))
     if op == "install":
-        firewall.install(rules_from(request["rules"]), state_dir)
+        orchestrate.install(driver, rules_from(request["rules"]), state_dir)
         return None
     if op == "install_undo":
         # ADD's rollback: install, then call the undo it returned.
-        firewall.install(rules_from(request["rules"]), state_dir)()
+        orchestrate.install(driver, rules_from(request["rules"]), state_dir)()
         return None
     if op == "remove":
-        firewall.remove(request["network"], request["container_id"], request.get("ifname", "eth0"), state_dir)
+        orchestrate.remove(Identity(request["network"], request["container_id"], request.get("ifname", "eth0")),
+                           state_dir)
         return None
     if op == "check":
-        firewall.check(rules_from(request["rules"]), state_dir)
+        orchestrate.check(driver, rules_from(request["rules"]), state_dir)
         return None
     if op == "gc":
-        return firewall.gc(request["network"], [tuple(v) for v in request["valid"]], state_dir)
+        return orchestrate.gc(request["network"], [tuple(v) for v in request["valid"]], state_dir)
     if op == "flush_udp_conntrack":
-        return firewall.flush_udp_conntrack(request["ports"], request.get("families", [4, 6]))
+        return portmap.flush_udp_conntrack(request["ports"])
     raise ValueError(f"unknown op {op!r}")
 
 

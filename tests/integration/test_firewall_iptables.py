@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.config.model import PortMapping
-from cni_bridge.firewall import plan
+from cni_bridge.firewall.iptables import scheme
+from cni_bridge.firewall.model import AttachmentRules
+from cni_bridge.firewall.portmap import PortMapping
+from cni_bridge.network.naming import attachment_digest
 from tests import nstools
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,14 +138,14 @@ PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
 
 def expected_lines(doc: dict[str, Any]) -> dict[int, list[str]]:
     """What iptables-save must print for an attachment, from the renderer (per family)."""
-    rules = plan.AttachmentRules(
+    rules = AttachmentRules(
         network=doc["network"], bridge=doc.get("bridge", "cnibr0"), container_id=doc["container_id"],
         ifname=doc.get("ifname", "eth0"), ips=tuple((ip, p) for ip, p in doc["ips"]),
         port_mappings=tuple(PortMapping(m["hostPort"], m["containerPort"], m.get("protocol", "tcp"),
                                         m.get("hostIP", "")) for m in doc.get("portMappings", [])),
         ip_masq=doc.get("ip_masq", False), isolate=doc.get("isolate", False), internal=doc.get("internal", False))
     out: dict[int, list[str]] = {}
-    for fp in plan.build(rules):
+    for fp in scheme.build(rules):
         lines = [f":{chain} - [0:0]" for _, chain in fp.chains]
         lines += [f":{chain} - [0:0]" for s in fp.shared for _, chain in s.chains]
         lines += [rule.saved for rule in fp.rules]
@@ -167,7 +169,7 @@ def test_install_shows_exact_rules_and_remove_restores_the_tables(node: Node) ->
     assert_has(after[0], expected[4])
     assert_has(after[1], expected[6])
     # A few lines spelled out, as iptables-save prints them on this backend.
-    chain = plan.dnat_chain(plan.attachment_digest("n1", "c1", "eth0"))
+    chain = scheme.dnat_chain(attachment_digest("n1", "c1", "eth0"))
     comment = '-m comment --comment "cni-bridge net=n1 id=c1 if=eth0"'
     assert_has(after[0], [
         f"-A {chain} -p tcp {comment} -m tcp --dport 8080 -j DNAT --to-destination 10.1.0.2:80",
@@ -262,12 +264,12 @@ def test_remove_copes_with_rules_deleted_by_hand(node: Node) -> None:
     before = node.saves()
     doc = attachment("c1", ip_masq=True, portMappings=PORTS)
     node.ok("install", rules=doc)
-    digest = plan.attachment_digest("n1", "c1", "eth0")
+    digest = attachment_digest("n1", "c1", "eth0")
     comment = "cni-bridge net=n1 id=c1 if=eth0"
     node.iptables(4, "-t", "nat", "-D", "POSTROUTING", "-s", "10.1.0.2/32", "-m", "comment", "--comment", comment,
-                  "-j", plan.masq_chain(digest))
-    node.iptables(4, "-t", "nat", "-F", plan.dnat_chain(digest))
-    node.iptables(6, "-t", "filter", "-F", plan.FORWARD_CHAIN)
+                  "-j", scheme.masq_chain(digest))
+    node.iptables(4, "-t", "nat", "-F", scheme.dnat_chain(digest))
+    node.iptables(6, "-t", "filter", "-F", scheme.FORWARD_CHAIN)
     node.ok("remove", network="n1", container_id="c1")
     assert node.saves() == before
     assert node.records() == []
@@ -308,8 +310,8 @@ def test_check_reports_a_missing_rule(node: Node) -> None:
     doc = attachment("c1", ip_masq=True, portMappings=PORTS)
     node.ok("install", rules=doc)
     node.ok("check", rules=doc)
-    digest = plan.attachment_digest("n1", "c1", "eth0")
-    node.iptables(6, "-t", "nat", "-D", plan.masq_chain(digest), "-m", "comment", "--comment",
+    digest = attachment_digest("n1", "c1", "eth0")
+    node.iptables(6, "-t", "nat", "-D", scheme.masq_chain(digest), "-m", "comment", "--comment",
                   "cni-bridge net=n1 id=c1 if=eth0", "-j", "MASQUERADE")
     error = node.error("check", rules=doc)
     assert error["code"] == 108

@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 
 from cni_bridge.errors import FIREWALL_FAILURE, PORT_CONFLICT, CniError
-from cni_bridge.firewall import iptables, plan
-from cni_bridge.firewall.plan import Claim, Rule
+from cni_bridge.firewall.iptables import scheme, syntax
+from cni_bridge.firewall.iptables import tools as iptables
+from cni_bridge.firewall.iptables.driver import IptablesDriver
+from cni_bridge.firewall.portmap import Claim
 from cni_bridge.firewall.state import Attachment, Installed, Store, attachment_key
 
 pytestmark = pytest.mark.unit
 
 
 def att(cid: str, *claims: Claim) -> Attachment:
-    rule = Rule("nat", "POSTROUTING", '-s 10.1.0.2/32 -m comment --comment "x y" -j CNIBR-MASQ-1', False)
-    return Attachment("n1", cid, "eth0", (Installed(4, (("nat", "CNIBR-MASQ-1"),), (rule,), ("forward",)),), claims)
+    items = (("chain", "nat", "CNIBR-MASQ-1"),
+             ("rule", "nat", "POSTROUTING", '-s 10.1.0.2/32 -m comment --comment "x y" -j CNIBR-MASQ-1', False))
+    return Attachment("iptables", "n1", cid, "eth0", (Installed("4", items, ("forward",)),), claims)
 
 
 def test_attachment_record_round_trips(tmp_path: Path) -> None:
@@ -33,19 +36,19 @@ def test_attachment_record_round_trips(tmp_path: Path) -> None:
 
 
 def test_users_are_counted_per_family_and_key(tmp_path: Path) -> None:
-    resource = plan.shared("hostport", 4)
+    resource = IptablesDriver().shared("hostport", "4")
     with Store(str(tmp_path)) as store:
-        assert not store.other_users(4, "hostport", "a")
-        store.add_user(4, resource, "a", created=True)
-        assert not store.other_users(4, "hostport", "a")
-        assert store.other_users(4, "hostport", "b")
-        assert not store.other_users(6, "hostport", "b")
-        store.add_user(4, resource, "b", created=False)
-        assert store.definition(4, "hostport") == resource
-        store.drop_user(4, "hostport", "a")
-        assert store.other_users(4, "hostport", "a")
-        store.drop_user(4, "hostport", "b")
-        assert store.users(4, "hostport") == [] and store.definition(4, "hostport") is None
+        assert not store.other_users("4", "hostport", "a")
+        store.add_user("4", resource, "a", created=True)
+        assert not store.other_users("4", "hostport", "a")
+        assert store.other_users("4", "hostport", "b")
+        assert not store.other_users("6", "hostport", "b")
+        store.add_user("4", resource, "b", created=False)
+        assert store.definition("4", "hostport") == resource
+        store.drop_user("4", "hostport", "a")
+        assert store.other_users("4", "hostport", "a")
+        store.drop_user("4", "hostport", "b")
+        assert store.users("4", "hostport") == [] and store.definition("4", "hostport") is None
         assert store.shared_resources() == []
 
 
@@ -77,7 +80,7 @@ def test_records_of_another_generation_are_discarded(tmp_path: Path) -> None:
     with Store(str(tmp_path)) as store:
         store.save(record)
         store.take_claims(record.claims, record)
-        store.add_user(4, plan.shared("forward", 4), record.key, created=True)
+        store.add_user("4", IptablesDriver().shared("forward", "4"), record.key, created=True)
     (tmp_path / "generation").write_text("another-boot 1\n")
     with Store(str(tmp_path)) as store:
         assert store.attachments() == []
@@ -158,8 +161,8 @@ def test_failing_restore_names_the_line(tmp_path: Path) -> None:
 
 
 def test_absent_parts_of_a_shared_resource() -> None:
-    resource = plan.shared("hostport", 4)
-    saved = plan.parse_save("nat", "*nat\n:PREROUTING ACCEPT [0:0]\n:CNIBR-HOSTPORT-DNAT - [0:0]\n"
-                                   f"{resource.rules[0].saved}\nCOMMIT\n")
-    assert plan.absent([saved], resource) == plan.Shared("hostport", (), (resource.rules[1],))
-    assert plan.absent([], resource) == resource
+    resource = scheme.shared("hostport", 4)
+    saved = syntax.parse_save("nat", "*nat\n:PREROUTING ACCEPT [0:0]\n:CNIBR-HOSTPORT-DNAT - [0:0]\n"
+                                     f"{resource.rules[0].saved}\nCOMMIT\n")
+    assert syntax.absent([saved], resource.chains, resource.rules) == ([], [resource.rules[1]])
+    assert syntax.absent([], resource.chains, resource.rules) == (list(resource.chains), list(resource.rules))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import FIREWALL_FAILURE, CniError
+from ...errors import FIREWALL_FAILURE, CniError
 
 ENV_BACKEND = "CNI_BRIDGE_IPTABLES"
 NFT = "nft"

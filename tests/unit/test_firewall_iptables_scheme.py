@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from cni_bridge.config.model import PortMapping
 from cni_bridge.errors import INVALID_CONFIG, CniError
-from cni_bridge.firewall import plan
-from cni_bridge.firewall.plan import AttachmentRules, Claim, Rule
+from cni_bridge.firewall.iptables import scheme, syntax
+from cni_bridge.firewall.iptables.scheme import Rule
+from cni_bridge.firewall.model import AttachmentRules
+from cni_bridge.firewall.portmap import Claim, PortMapping, claims
+from cni_bridge.network.naming import attachment_digest
 
 pytestmark = pytest.mark.unit
 
@@ -28,8 +30,8 @@ def rules(**overrides: object) -> AttachmentRules:
     return AttachmentRules(**base)  # type: ignore[arg-type]
 
 
-def by_family(r: AttachmentRules) -> dict[int, plan.FamilyPlan]:
-    return {fp.family: fp for fp in plan.build(r)}
+def by_family(r: AttachmentRules) -> dict[int, scheme.FamilyRules]:
+    return {fp.family: fp for fp in scheme.build(r)}
 
 
 GOLDEN_ADD_V4 = f"""\
@@ -124,22 +126,22 @@ COMMIT
 
 def test_first_attachment_creates_everything() -> None:
     fp = by_family(rules())[4]
-    assert plan.render_add(fp.chains, fp.rules, fp.shared) == GOLDEN_ADD_V4
+    assert syntax.render_add(fp.chains, fp.rules, fp.shared) == GOLDEN_ADD_V4
 
 
 def test_joining_attachment_adds_only_its_own_nat_rules() -> None:
     fp = by_family(rules())[6]
-    assert plan.render_add(fp.chains, fp.rules, ()) == GOLDEN_ADD_V6_JOINING
+    assert syntax.render_add(fp.chains, fp.rules, ()) == GOLDEN_ADD_V6_JOINING
 
 
 def test_delete_of_one_of_several_touches_only_its_nat_rules() -> None:
     fp = by_family(rules())[4]
-    assert plan.render_delete(fp.chains, fp.rules, ()) == GOLDEN_DELETE_V4
+    assert syntax.render_delete(fp.chains, fp.rules, ()) == GOLDEN_DELETE_V4
 
 
 def test_delete_of_the_last_user_removes_shared_chains_without_deleting_rules_inside_them() -> None:
     fp = by_family(rules())[6]
-    text = plan.render_delete(fp.chains, fp.rules, fp.shared)
+    text = syntax.render_delete(fp.chains, fp.rules, fp.shared)
     assert text == GOLDEN_DELETE_LAST_V6
     # Rules inside flushed chains are not -D'd (that would fail after the flush).
     assert "-D CNIBR-HOSTPORT-DNAT" not in text and "-D CNIBR-FORWARD" not in text
@@ -154,14 +156,14 @@ def test_shared_keys_per_family() -> None:
 
 
 def test_chain_names_fit_iptables_and_include_ifname() -> None:
-    digest = plan.attachment_digest("n1", "c1", "eth0")
-    assert plan.masq_chain(digest) == f"CNIBR-MASQ-{H}"
-    assert plan.dnat_chain(digest) == f"CNIBR-DNAT-{H}"
-    assert len(plan.masq_chain(digest)) == plan.MAX_CHAIN_NAME == 28
-    other = plan.attachment_digest("n1", "c1", "eth1")
-    assert plan.masq_chain(other) != plan.masq_chain(digest)
+    digest = attachment_digest("n1", "c1", "eth0")
+    assert scheme.masq_chain(digest) == f"CNIBR-MASQ-{H}"
+    assert scheme.dnat_chain(digest) == f"CNIBR-DNAT-{H}"
+    assert len(scheme.masq_chain(digest)) == scheme.MAX_CHAIN_NAME == 28
+    other = attachment_digest("n1", "c1", "eth1")
+    assert scheme.masq_chain(other) != scheme.masq_chain(digest)
     # NUL separation: moving a character between fields changes the hash.
-    assert plan.attachment_digest("n1", "c1e", "th0") != digest
+    assert attachment_digest("n1", "c1e", "th0") != digest
 
 
 @pytest.mark.parametrize(("value", "quoted"), [
@@ -173,8 +175,8 @@ def test_chain_names_fit_iptables_and_include_ifname() -> None:
     ('a"b\\c\'d', '"a\\"b\\\\c\\\'d"'),
 ])
 def test_quote_is_iptables_save_quoting(value: str, quoted: str) -> None:
-    assert plan.quote(value) == quoted
-    assert plan.unquote(quoted + " -j X") == (value, "-j X")
+    assert syntax.quote(value) == quoted
+    assert syntax.unquote(quoted + " -j X") == (value, "-j X")
 
 
 def test_comment_with_odd_characters_is_escaped_and_parsed_back() -> None:
@@ -182,15 +184,15 @@ def test_comment_with_odd_characters_is_escaped_and_parsed_back() -> None:
     fp = by_family(r)[4]
     spec = fp.rules[-1].spec
     assert '--comment "cni-bridge net=n1 id=c1 if=e\\"t\\\'h\\\\"' in spec
-    comment = plan.comment_of(spec)
+    comment = syntax.comment_of(spec)
     assert comment is not None
-    assert plan.parse_attachment_comment(comment) == ("n1", "c1", "e\"t'h\\")
+    assert scheme.parse_attachment_comment(comment) == ("n1", "c1", "e\"t'h\\")
 
 
 def test_comment_control_characters_and_length() -> None:
-    assert plan.attachment_comment("n", "a\nb", "eth0") == "cni-bridge net=n id=a?b if=eth0"
-    long = plan.attachment_comment("n" * 300, "c", "eth0")
-    assert len(long.encode()) == plan.COMMENT_MAX
+    assert scheme.attachment_comment("n", "a\nb", "eth0") == "cni-bridge net=n id=a?b if=eth0"
+    long = scheme.attachment_comment("n" * 300, "c", "eth0")
+    assert len(long.encode()) == syntax.COMMENT_MAX
 
 
 def test_host_ip_selects_family_and_adds_destination() -> None:
@@ -213,13 +215,13 @@ def test_host_ip_selects_family_and_adds_destination() -> None:
     ]
     hairpin = [rule.spec for rule in plans[4].rules if rule.spec.startswith("-s 10.1.0.0/24 -d 192.0.2.1/32")]
     assert hairpin == [f"-s 10.1.0.0/24 -d 192.0.2.1/32 -p tcp {C} -m tcp --dport 80 -j MARK --set-xmark 0x2000/0x2000"]
-    assert plan.claims(r) == (Claim("tcp", 80, "192.0.2.1"), Claim("tcp", 81, "0.0.0.0"),
+    assert claims(r) == (Claim("tcp", 80, "192.0.2.1"), Claim("tcp", 81, "0.0.0.0"),
                               Claim("tcp", 82, "::"), Claim("tcp", 83, "2001:db8::1"))
 
 
 def test_claims_only_in_families_with_an_address() -> None:
     r = rules(ips=(("10.1.0.2", 24),), port_mappings=(PortMapping(80, 80, "tcp"), PortMapping(80, 80, "tcp")))
-    assert plan.claims(r) == (Claim("tcp", 80, "0.0.0.0"),)
+    assert claims(r) == (Claim("tcp", 80, "0.0.0.0"),)
     assert list(by_family(r)) == [4]
 
 
@@ -251,13 +253,13 @@ def test_mark_bit_is_used_in_both_places() -> None:
     assert any(rule.spec.endswith("-j MARK --set-xmark 0x1/0x1") for rule in fp.rules)
     shared = {s.key: s for s in fp.shared}
     assert shared["masq-mark:0"].rules[0].spec.endswith("-m mark --mark 0x1/0x1 -j MASQUERADE")
-    assert plan.mark_value(31) == "0x80000000/0x80000000"
+    assert scheme.mark_value(31) == "0x80000000/0x80000000"
 
 
 def test_more_than_15_ports_are_split_for_multiport() -> None:
     mappings = tuple(PortMapping(1000 + i, 80, "tcp") for i in range(17))
     fp = by_family(rules(ips=(("10.1.0.2", 24),), ip_masq=False, port_mappings=mappings))[4]
-    jumps = [rule.spec for rule in fp.rules if rule.chain == plan.HOSTPORT_CHAIN]
+    jumps = [rule.spec for rule in fp.rules if rule.chain == scheme.HOSTPORT_CHAIN]
     assert jumps == [
         f"-p tcp {C} -m multiport --dports {','.join(str(1000 + i) for i in range(15))} -j CNIBR-DNAT-{H}",
         f"-p tcp {C} -m multiport --dports 1015,1016 -j CNIBR-DNAT-{H}",
@@ -284,7 +286,7 @@ def test_attachment_without_masq_or_ports_only_uses_bridge_forwarding() -> None:
 
 
 def test_l2_only_attachment_needs_nothing() -> None:
-    assert plan.build(rules(ips=(), port_mappings=())) == ()
+    assert scheme.build(rules(ips=(), port_mappings=())) == ()
 
 
 def test_internal_network_drops_outside_traffic_in_both_families_and_never_masquerades() -> None:
@@ -326,7 +328,7 @@ def test_isolation_drops_to_and_from_other_managed_bridges_except_dnat() -> None
 ])
 def test_invalid_input_is_a_config_error(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(CniError) as info:
-        plan.build(rules(**overrides))
+        scheme.build(rules(**overrides))
     assert info.value.code == INVALID_CONFIG
     assert message in info.value.msg
 
@@ -354,10 +356,10 @@ COMMIT
 
 
 def test_cleanup_removes_what_exists_of_ours_including_duplicates() -> None:
-    saved = plan.parse_save("nat", SAVED_NAT)
+    saved = syntax.parse_save("nat", SAVED_NAT)
     assert saved.chains == ("PREROUTING", "POSTROUTING", "CNI-HOSTPORT-DNAT", "CNIBR-HOSTPORT-DNAT", f"CNIBR-MASQ-{H}")
     chains = {f"CNIBR-MASQ-{H}", f"CNIBR-DNAT-{H}"}
-    text = plan.render_cleanup([saved], chains, {"cni-bridge net=n1 id=c1 if=eth0"})
+    text = syntax.render_cleanup([saved], chains, {"cni-bridge net=n1 id=c1 if=eth0"})
     assert text == f"""\
 *nat
 :CNIBR-MASQ-{H} - [0:0]
@@ -367,30 +369,30 @@ def test_cleanup_removes_what_exists_of_ours_including_duplicates() -> None:
 -X CNIBR-MASQ-{H}
 COMMIT
 """
-    assert plan.render_cleanup([saved], {"CNIBR-NOPE"}, {"nothing"}) == ""
+    assert syntax.render_cleanup([saved], {"CNIBR-NOPE"}, {"nothing"}) == ""
 
 
 def test_missing_lists_absent_chains_and_rules() -> None:
-    saved = [plan.parse_save("nat", SAVED_NAT)]
+    saved = [syntax.parse_save("nat", SAVED_NAT)]
     present = Rule("nat", f"CNIBR-MASQ-{H}", f"{C} -j MASQUERADE")
     absent = Rule("nat", f"CNIBR-MASQ-{H}", f"-d 224.0.0.0/4 {C} -j RETURN")
-    assert plan.missing(saved, [("nat", f"CNIBR-MASQ-{H}"), ("nat", "CNIBR-GONE")], [present, absent]) == [
+    assert syntax.missing(saved, [("nat", f"CNIBR-MASQ-{H}"), ("nat", "CNIBR-GONE")], [present, absent]) == [
         "nat: chain CNIBR-GONE", f"nat: {absent.saved}"]
-    assert plan.missing(saved, [("raw", "X")], []) == ["raw: chain X"]
+    assert syntax.missing(saved, [("raw", "X")], []) == ["raw: chain X"]
 
 
 def test_target_and_comment_of() -> None:
     spec = f"-s 10.1.0.2/32 {C} -j CNIBR-MASQ-{H}"
-    assert plan.target_of(spec) == f"CNIBR-MASQ-{H}"
-    assert plan.target_of("-p tcp -j DNAT --to-destination 1.2.3.4:5") == "DNAT"
-    assert plan.comment_of(spec) == "cni-bridge net=n1 id=c1 if=eth0"
-    assert plan.comment_of("-j ACCEPT") is None
-    assert plan.parse_attachment_comment("cni-bridge shared=forward") is None
-    assert plan.parse_attachment_comment("something else entirely") is None
+    assert syntax.target_of(spec) == f"CNIBR-MASQ-{H}"
+    assert syntax.target_of("-p tcp -j DNAT --to-destination 1.2.3.4:5") == "DNAT"
+    assert syntax.comment_of(spec) == "cni-bridge net=n1 id=c1 if=eth0"
+    assert syntax.comment_of("-j ACCEPT") is None
+    assert scheme.parse_attachment_comment("cni-bridge shared=forward") is None
+    assert scheme.parse_attachment_comment("something else entirely") is None
 
 
 def test_shared_definitions_are_fixed_by_key() -> None:
-    assert plan.shared("bridge:br0", 4) == plan.shared("bridge:br0", 4)
+    assert scheme.shared("bridge:br0", 4) == scheme.shared("bridge:br0", 4)
     with pytest.raises(ValueError):
-        plan.shared("nonsense", 4)
-    assert plan.kind_rank("forward") < plan.kind_rank("bridge:x") < plan.kind_rank("nonsense")
+        scheme.shared("nonsense", 4)
+    assert scheme.kind_rank("forward") < scheme.kind_rank("bridge:x") < scheme.kind_rank("nonsense")

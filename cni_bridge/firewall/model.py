@@ -1,0 +1,91 @@
+"""The firewall facts of one attachment, the same for every backend, and their validation."""
+
+from __future__ import annotations
+
+from ..errors import INVALID_CONFIG, CniError
+from ..records import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .portmap import PortMapping
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+WILDCARD = {4: "0.0.0.0", 6: "::"}
+
+
+@record(frozen=True)
+class AttachmentRules:
+    """The firewall-relevant facts of one attachment (network, container ID, ifname).
+
+    ``ips`` are the container's addresses with their prefix length; ``subnets`` the
+    network's CIDRs (traffic to them is never masqueraded; defaults to the subnets of
+    ``ips``). ``port_mappings`` take objects with host_port, container_port, protocol
+    and host_ip ("" for both families, 0.0.0.0 or :: for one family's wildcard).
+    """
+
+    network: str
+    bridge: str
+    container_id: str
+    ifname: str
+    ips: tuple[tuple[str, int], ...] = ()
+    subnets: tuple[str, ...] = ()
+    port_mappings: tuple[PortMapping, ...] = ()
+    ip_masq: bool = False
+    masq_exclude: tuple[str, ...] = ()
+    snat: bool = True
+    mark_masq_bit: int = 13
+    external_set_mark_chain: str = ""
+    masq_all: bool = False
+    isolate: bool = False
+    internal: bool = False
+
+
+def fail(what: str) -> CniError:
+    return CniError(INVALID_CONFIG, what)
+
+
+def parse_address(text: str, what: str) -> tuple[int, str]:
+    """(family, canonical text) of an IP address; CniError(INVALID_CONFIG) naming `what`."""
+    import ipaddress
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise fail(f"{what}: {text!r} is not a valid IP address") from None
+    return address.version, str(address)
+
+
+def parse_network(text: str, what: str) -> tuple[int, str]:
+    import ipaddress
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise fail(f"{what}: {text!r} is not a valid CIDR") from None
+    return network.version, str(network)
+
+
+def check_chain_name(name: str, what: str) -> None:
+    # XT_EXTENSION_MAXNAMELEN is 29 with the NUL; nftables allows more, iptables is the bound.
+    if (not name or len(name) > 28 or name[0] in "-!"
+            or any(not (c.isascii() and c.isprintable()) or c.isspace() or c in "\"'\\" for c in name)):
+        raise fail(f"{what}: {name!r} is not a valid chain name")
+
+
+def validate(rules: AttachmentRules) -> None:
+    """What a config reaching the firewall must satisfy, whoever built the AttachmentRules."""
+    from ..network.naming import interface_name_problem
+    problem = interface_name_problem(rules.bridge)
+    if problem:
+        raise fail(f"bridge: {rules.bridge!r} {problem}")
+    if rules.internal and rules.port_mappings:
+        raise fail("runtimeConfig.portMappings: ports cannot be published on an internal network")
+    if not 0 <= rules.mark_masq_bit <= 31:
+        raise fail(f"markMasqBit: {rules.mark_masq_bit} is not between 0 and 31")
+    if rules.external_set_mark_chain:
+        check_chain_name(rules.external_set_mark_chain, "externalSetMarkChain")
+    for i, pm in enumerate(rules.port_mappings):
+        where = f"runtimeConfig.portMappings[{i}]"
+        if pm.protocol not in PROTOCOLS:
+            raise fail(f"{where}.protocol: {pm.protocol!r} is not one of tcp, udp, sctp")
+        for name, port in (("hostPort", pm.host_port), ("containerPort", pm.container_port)):
+            if not 1 <= port <= 65535:
+                raise fail(f"{where}.{name}: {port} is not between 1 and 65535")
