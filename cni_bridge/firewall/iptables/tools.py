@@ -6,9 +6,7 @@ alternatives end at ``xtables-nft-multi`` or ``xtables-legacy-multi``) without r
 anything. Rules written by one backend are invisible to the other, so following the
 host's choice is what keeps our rules next to everyone else's.
 
-Each call is one process, started with posix_spawn (the subprocess module costs about
-20 ms to import); stdin, stdout and stderr are memfds, so nothing can block on a full
-pipe and no reader thread is needed.
+Each call is one process (cni_bridge/process.py).
 """
 
 from __future__ import annotations
@@ -16,25 +14,18 @@ from __future__ import annotations
 import os
 
 from ...errors import FIREWALL_FAILURE, CniError
+from ...process import SYSTEM_DIRS, run, which
 
 ENV_BACKEND = "CNI_BRIDGE_IPTABLES"
 NFT = "nft"
 LEGACY = "legacy"
 
-# Searched after PATH: runtimes do not always pass a PATH that holds sbin.
-_FALLBACK_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin")
-
+# Paths found once per process: a command runs several restores and saves.
 _cache: dict[str, str] = {}
 
 
 def _which(name: str) -> str:
-    for directory in [*os.environ.get("PATH", "").split(os.pathsep), *_FALLBACK_DIRS]:
-        if not directory:
-            continue
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return ""
+    return which(name, [*os.environ.get("PATH", "").split(os.pathsep), *SYSTEM_DIRS])
 
 
 def _backend_of(path: str) -> str:
@@ -79,29 +70,12 @@ def tool(family: int, kind: str) -> str:
     return _cache[key]
 
 
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    return os.pread(fd, size, 0) if size else b""
-
-
 def spawn(argv: list[str], stdin: bytes = b"") -> tuple[int, bytes, bytes]:
     """Run argv[0] (a full path) with stdin; return (exit code, stdout, stderr)."""
-    fds: list[int] = []
     try:
-        for name in ("stdin", "stdout", "stderr"):
-            fds.append(os.memfd_create(f"cni-bridge-iptables-{name}", os.MFD_CLOEXEC))
-        if stdin:
-            os.write(fds[0], stdin)
-            os.lseek(fds[0], 0, os.SEEK_SET)
-        pid = os.posix_spawn(argv[0], argv, os.environ,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)])
-        _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status), _read_all(fds[1]), _read_all(fds[2])
+        return run(argv, stdin)
     except OSError as exc:
         raise CniError(FIREWALL_FAILURE, f"failed to run {argv[0]}: {exc.strerror}") from None
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def _offending_line(stderr: str, batch: str) -> str:
