@@ -16,7 +16,7 @@ VENV=.venv
 PYTHON=/usr/bin/python3
 
 BUILD_PACKAGES=(python3 python3-venv python3-dev libpython3.11 binutils iproute2 iptables)
-TEST_PACKAGES=(curl iputils-ping socat conntrack busybox-static containernetworking-plugins podman runc containerd)
+TEST_PACKAGES=(curl iputils-ping socat conntrack busybox-static containernetworking-plugins podman runc containerd nftables)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
