@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
+    from ..network.netlink_socket import NetlinkSocket
+
 _NFNL_SUBSYS_CTNETLINK = 1
 _IPCTNL_MSG_CT_GET = 1
 _IPCTNL_MSG_CT_DELETE = 2
@@ -32,7 +34,7 @@ _NLA_F_NESTED = 0x8000
 _FILTER_PROTO_NUM = 1 << 3
 _FILTER_PROTO_DST_PORT = 1 << 5
 
-_FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _IP_KEYS: dict[int, tuple[str, str]] = {socket.AF_INET: ("CTA_IP_V4_SRC", "CTA_IP_V4_DST"), socket.AF_INET6: ("CTA_IP_V6_SRC", "CTA_IP_V6_DST")}
 
 
@@ -71,7 +73,7 @@ def _original_tuple(reply: Any, family: int, port: int) -> list[Any] | None:
     return attrs
 
 
-def _entries(nl: Any, nfct: Any, family: int, port: int) -> list[list[Any]]:
+def _entries(nl: NetlinkSocket, nfct: Any, family: int, port: int) -> list[list[Any]]:
     from ..network.netlink_socket import NetlinkError
     get = (_NFNL_SUBSYS_CTNETLINK << 8) | _IPCTNL_MSG_CT_GET
     filtered = [_udp_tuple(port),
@@ -87,7 +89,7 @@ def _entries(nl: Any, nfct: Any, family: int, port: int) -> list[list[Any]]:
     return [attrs for attrs in found if attrs is not None]
 
 
-def flush_udp(host_ports: Iterable[int], families: Iterable[int] = (4, 6)) -> int:
+def flush_udp(host_ports: Iterable[int]) -> int:
     """Delete UDP entries whose original destination port is one of host_ports; return how many."""
     ports = sorted(set(host_ports))
     if not ports:
@@ -99,8 +101,7 @@ def flush_udp(host_ports: Iterable[int], families: Iterable[int] = (4, 6)) -> in
     deleted = 0
     try:
         with NetlinkSocket(NETLINK_NETFILTER) as nl:
-            for family in families:
-                af = _FAMILIES[family]
+            for af in _FAMILIES:
                 for port in ports:
                     for attrs in _entries(nl, nfct, af, port):
                         try:

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 
-from cni_bridge.errors import (
+from ..errors import (
     CHECK_FAILED,
     IPAM_CONFLICT,
     IPAM_EXHAUSTED,
     CniError,
 )
-from cni_bridge.records import record
-from cni_bridge.ipam.ranges import IPRange, RangeSet, canonical_ip
+from ..records import record
+from .ranges import IPRange, RangeSet, canonical_ip
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from cni_bridge.ipam.ranges import IPAddress
-from cni_bridge.ipam.store import Store
+    from .ranges import IPAddress
+from .store import Store
 
 
 @record(frozen=True)

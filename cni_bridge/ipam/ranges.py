@@ -13,8 +13,8 @@ import ipaddress
 import json
 from collections.abc import Sequence
 
-from cni_bridge.errors import INVALID_CONFIG, CniError
-from cni_bridge.records import record
+from ..errors import INVALID_CONFIG, CniError
+from ..records import record
 
 # typing costs milliseconds at every start; the aliases only matter to mypy.
 TYPE_CHECKING = False

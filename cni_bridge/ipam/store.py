@@ -21,15 +21,15 @@ import ipaddress
 import os
 from collections.abc import Iterator
 
-from cni_bridge.errors import IPAM_STORE_FAILURE, CniError
-from cni_bridge.records import record
-from cni_bridge.ipam.ranges import canonical_ip, ip_key
+from ..errors import IPAM_STORE_FAILURE, CniError
+from ..records import record
+from .ranges import canonical_ip, ip_key
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-    from cni_bridge.ipam.ranges import IPAddress
+    from .ranges import IPAddress
 
     Reservation: TypeAlias = tuple[IPAddress, str, str | None]
 

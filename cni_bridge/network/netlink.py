@@ -26,9 +26,9 @@ import socket
 import struct
 from typing import Any
 
-from cni_bridge.errors import LINK_FAILURE, CniError
-from cni_bridge.network import pyroute2_lean
-from cni_bridge.network.netlink_socket import (
+from ..errors import LINK_FAILURE, CniError
+from . import pyroute2_lean
+from .netlink_socket import (
     NETLINK_ROUTE,
     NLA_F_NESTED,
     NLM_F_CREATE,
@@ -36,7 +36,7 @@ from cni_bridge.network.netlink_socket import (
     NetlinkError,
     NetlinkSocket,
 )
-from cni_bridge.records import record
+from ..records import record
 
 __all__ = ["Address", "Link", "Netlink", "NetlinkError", "Route", "link_from"]
 

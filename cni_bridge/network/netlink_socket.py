@@ -41,8 +41,8 @@ import socket
 import struct
 from typing import Any
 
-from cni_bridge.errors import LINK_FAILURE, CniError
-from cni_bridge.network import pyroute2_lean
+from ..errors import LINK_FAILURE, CniError
+from . import pyroute2_lean
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from cni_bridge.errors import NETNS_FAILURE, CniError
+from ..errors import NETNS_FAILURE, CniError
 
 CLONE_NEWNET = 0x40000000
 # ioctl(fd, NS_GET_NSTYPE) == _IO(0xb7, 0x3): the namespace type of an nsfs file.

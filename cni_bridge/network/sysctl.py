@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 
-from cni_bridge.errors import SYSCTL_FAILURE, CniError
-from cni_bridge.network.naming import interface_name_problem
+from ..errors import SYSCTL_FAILURE, CniError
+from .naming import interface_name_problem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
