@@ -269,6 +269,16 @@ def _ns(where: str | Container | Node) -> str:
     return where.name if isinstance(where, (Container, Node)) else where
 
 
+def stop_servers(servers: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Kill servers started by start_peer_server, whole process groups (start_new_session)."""
+    for proc in servers:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
 def start_peer_server(ns: str, sockets: Sequence[tuple[str, int, int]]) -> subprocess.Popen[bytes]:
     """A server process in ``ns`` for the given (protocol, family, port) sockets, each
     answering with the peer address it saw; returned once all are bound. The caller kills it."""
@@ -321,12 +331,7 @@ class Lab:
             wait_link_ready(ns, UPLINK)
 
     def cleanup(self) -> None:
-        for proc in self.servers:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # our own process group (start_new_session)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
+        stop_servers(self.servers)
         nstools.delete_netns(self.outside)
 
     # --- commands -------------------------------------------------------------------

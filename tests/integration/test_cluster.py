@@ -27,7 +27,6 @@ outside it.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import pytest
 
 from tests import nstools
 from tests.plugin import Container, Node, host_local, netconf, requires_plugin, reservations, token
-from tests.traffic import Answer, Lab, Probe, addresses, describe, probe_all, start_peer_server, wait_link_ready
+from tests.traffic import Answer, Lab, Probe, addresses, describe, probe_all, start_peer_server, stop_servers, wait_link_ready
 
 pytestmark = [pytest.mark.integration, requires_plugin]
 
@@ -263,12 +262,7 @@ class Cluster:
     # --- clean-up -----------------------------------------------------------------------
 
     def cleanup(self) -> None:
-        for proc in self.servers:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # our own process group (start_new_session)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
+        stop_servers(self.servers)
         for node in self.nodes:
             node.host.cleanup()
         for ns in (self.fabric, self.outside):
