@@ -2,7 +2,8 @@
 # cni-bridge build entry point. Run as root on Debian 12.
 #   ./build.sh          build dist/cni-bridge (installs what the build needs)
 #   ./build.sh test     build, then run the whole test suite (installs what the tests need)
-#   ./build.sh bench    build, then time the plugin next to the reference plugins
+#   ./build.sh bench [--runs N] [--crowd N] [--cases KEYS]   build, then time ADD/DEL through libcni
+#                       (a Go client), cni-bridge on each firewall backend next to the reference plugins
 #   ./build.sh bench-cri  build, then time pod start and stop through containerd's CRI plugin, both chains
 #   ./build.sh demo     build, then attach a throwaway container to the shipped network and show it working
 #   ./build.sh install [--prefix DIR]   build, then install the plugin and the default network list
@@ -17,6 +18,8 @@ PYTHON=/usr/bin/python3
 
 BUILD_PACKAGES=(python3 python3-venv python3-dev libpython3.11 binutils iproute2 iptables)
 TEST_PACKAGES=(curl iputils-ping socat conntrack busybox-static containernetworking-plugins podman runc containerd nftables)
+# The benchmark's libcni client (bench/libcni) is Go, built against Debian's libcni sources.
+BENCH_PACKAGES=(golang-go golang-github-appc-cni-dev)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -69,6 +72,26 @@ build() {
     # Runtimes look for an executable named after the plugin type: a symlink into the bundle.
     ln -sfn cni-bridge.d/cni-bridge dist/cni-bridge
     log "built $(readlink -f dist/cni-bridge)"
+}
+
+# Debian's golang-*-dev packages put Go sources under /usr/share/gocode/src and no module
+# cache, so the client builds in GOPATH mode: offline, no go.mod, nothing downloaded.
+BENCH_CLIENT=build/bench/cni-libcni-bench
+
+build_bench_client() {
+    if [ -x $BENCH_CLIENT ] && [ -z "$(find bench/libcni -type f -newer $BENCH_CLIENT | head -n 1)" ]; then
+        return 0
+    fi
+    log "building $BENCH_CLIENT (Go, with libcni from golang-github-appc-cni-dev)"
+    mkdir -p "$(dirname $BENCH_CLIENT)"
+    (cd bench/libcni && GO111MODULE=off GOPATH=/usr/share/gocode GOPROXY=off GOCACHE="$OLDPWD/build/go-cache" \
+        CGO_ENABLED=0 go build -o "$OLDPWD/$BENCH_CLIENT" .)
+}
+
+run_bench() {
+    apt_install "${TEST_PACKAGES[@]}" "${BENCH_PACKAGES[@]}"
+    build_bench_client
+    $VENV/bin/python tests/bench.py "$@"
 }
 
 run_tests() {
@@ -139,7 +162,7 @@ uninstall_plugin() {
 case "${1:-build}" in
     build) build ;;
     test) shift; build; run_tests "$@" ;;
-    bench) shift; build; apt_install "${TEST_PACKAGES[@]}"; $VENV/bin/python tests/bench.py "$@" ;;
+    bench) shift; build; run_bench "$@" ;;
     bench-cri) shift; build; apt_install "${TEST_PACKAGES[@]}"; $VENV/bin/python tests/cri_bench.py "$@" ;;
     demo) shift; build; apt_install curl; tests/demo.sh "$@" ;;
     install) shift; build; install_plugin "$@" ;;
