@@ -24,6 +24,11 @@ def which(name: str, directories: tuple[str, ...] | list[str]) -> str:
     return ""
 
 
+def find_program(name: str) -> str:
+    """A tool such as iptables-restore or nft: along PATH, then the system directories."""
+    return which(name, [*os.environ.get("PATH", "").split(os.pathsep), *SYSTEM_DIRS])
+
+
 def _read_all(fd: int) -> bytes:
     size = os.fstat(fd).st_size
     return os.pread(fd, size, 0) if size else b""

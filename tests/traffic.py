@@ -9,8 +9,10 @@ Topology of a ``Lab`` (every namespace throwaway, named ``cbt-<8 hex>``)::
 The node's default routes point to the outside host, so traffic to it "leaves" the node
 and is masqueraded; the outside host has no route to the container subnets, so a reply
 comes back only through NAT (tests that need it add such a route themselves). The plugin
-runs in the node with the iptables backend of the test (``CNI_BRIDGE_IPTABLES``), and
-every iptables command of the tests uses that backend too.
+runs in the node with the firewall of the test: an iptables flavour (``CNI_BRIDGE_IPTABLES``
+nft or legacy), whose tools every iptables command of the tests uses too, or nftables
+(``firewallBackend: nftables`` in every network config; the tests' own iptables commands,
+such as a FORWARD policy of DROP, then use the nf_tables flavour, as Docker does).
 
 Servers are small Python processes inside a namespace that answer every connection (TCP)
 or datagram (UDP) with the peer address they saw, so a probe learns both "did it get
@@ -42,8 +44,10 @@ import pytest
 from tests import nstools
 from tests.plugin import Container, Node, host_local, netconf, node  # noqa: F401
 
-BACKENDS = ("nft", "legacy")
+BACKENDS = ("nft", "legacy", "nftables")  # iptables-nft, iptables-legacy, the nftables backend
+NFTABLES = "nftables"
 ENV_BACKEND = "CNI_BRIDGE_IPTABLES"
+NFT_TABLE = ("inet", "cni-bridge")
 
 NODE_V4, NODE_V6 = "198.51.100.1", "2001:db8:1::1"
 OUTSIDE_V4, OUTSIDE_V6 = "198.51.100.2", "2001:db8:1::2"
@@ -296,12 +300,15 @@ def start_peer_server(ns: str, sockets: Sequence[tuple[str, int, int]]) -> subpr
 
 
 class Lab:
-    """A node (the harness's) plus an outside host, servers, and the test's iptables backend."""
+    """A node (the harness's) plus an outside host, servers, and the test's firewall backend."""
 
     def __init__(self, node: Node, backend: str) -> None:
         self.node = node
         self.backend = backend
-        self.env = {ENV_BACKEND: backend}
+        self.nftables = backend == NFTABLES
+        # The iptables the tests' own commands use (and, for the iptables backends, the plugin).
+        self.flavour = "nft" if self.nftables else backend
+        self.env = {} if self.nftables else {ENV_BACKEND: backend}
         self.servers: list[subprocess.Popen[bytes]] = []
         self.outside = nstools.create_netns()
         try:
@@ -345,17 +352,23 @@ class Lab:
 
     def iptables(self, family: int, *args: str, ns: str | Container | Node | None = None,
                  check: bool = True) -> subprocess.CompletedProcess[str]:
-        """iptables/ip6tables of the lab's backend, in the node unless ``ns`` is given."""
+        """iptables/ip6tables of the lab's flavour, in the node unless ``ns`` is given."""
         base = "iptables" if family == 4 else "ip6tables"
-        return self.sh(ns or self.node, f"{base}-{self.backend}", "-w", *args, check=check)
+        return self.sh(ns or self.node, f"{base}-{self.flavour}", "-w", *args, check=check)
 
     def save(self, family: int, ns: str | Container | Node | None = None) -> str:
-        """iptables-save (or ip6tables-save) of the lab's backend, raw text."""
+        """iptables-save (or ip6tables-save) of the lab's flavour, raw text."""
         base = "iptables" if family == 4 else "ip6tables"
-        return self.sh(ns or self.node, f"{base}-{self.backend}-save").stdout
+        return self.sh(ns or self.node, f"{base}-{self.flavour}-save").stdout
+
+    def nft_table(self, ns: str | Container | Node | None = None) -> str:
+        """``nft -s list table inet cni-bridge`` (no counters), "" if there is no such table."""
+        done = self.sh(ns or self.node, "nft", "-s", "list", "table", *NFT_TABLE, check=False)
+        return done.stdout if done.returncode == 0 else ""
 
     def ruleset(self, ns: str | Container | Node | None = None) -> str:
-        """Both families' tables without comments and packet counters: comparable text."""
+        """Both families' iptables tables without comments and packet counters, and with the
+        nftables backend the plugin's table: comparable text."""
         out = []
         for family in (4, 6):
             out.append(f"# IPv{family}")
@@ -363,6 +376,9 @@ class Lab:
                 if line.startswith("#"):
                     continue
                 out.append(re.sub(r" \[\d+:\d+\]$", "", line))
+        if self.nftables:
+            out.append("# nftables")
+            out.extend(self.nft_table(ns).splitlines())
         return "\n".join(out)
 
     def forward_policy_drop(self) -> None:
@@ -381,6 +397,8 @@ class Lab:
         n = self.node
         subnets = [s for s in (v4, v6) if s]
         settings: dict[str, Any] = {"ipMasq": True, "isGateway": True, "isDefaultGateway": True}
+        if self.nftables:
+            settings["firewallBackend"] = NFTABLES
         settings.update(extra)
         settings = {k: v for k, v in settings.items() if v is not None}
         conf = netconf(n.net_name(), n.bridge_name(), host_local(n.data_dir(), *subnets), **settings)
@@ -443,9 +461,12 @@ class Lab:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    if not all(shutil_which(f"{base}-{request.param}-{kind}") for base in ("iptables", "ip6tables")
+    flavour = "nft" if request.param == NFTABLES else request.param
+    if not all(shutil_which(f"{base}-{flavour}-{kind}") for base in ("iptables", "ip6tables")
                for kind in ("save", "restore")):
-        pytest.skip(f"the {request.param} iptables backend is not installed (Debian package iptables)")
+        pytest.skip(f"the {flavour} iptables backend is not installed (Debian package iptables)")
+    if request.param == NFTABLES and not shutil_which("nft"):
+        pytest.skip("the nftables backend needs nft (Debian package nftables)")
     return str(request.param)
 
 

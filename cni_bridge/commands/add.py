@@ -32,10 +32,10 @@ def _default_routes(ips: list[IPConfig], routes: list[Route]) -> list[Route]:
 
 
 def _install_firewall(request: Request, ips: list[IPConfig], bridge: str, rollback: Rollback, log: Log) -> None:
-    from ..firewall import driver_named, orchestrate, portmap
+    from ..firewall import driver_for, orchestrate, portmap
     from .rules import attachment_rules
     conf = request.conf
-    undo = orchestrate.install(driver_named("iptables"), attachment_rules(request, ips), conf.state_dir)
+    undo = orchestrate.install(driver_for(conf), attachment_rules(request, ips), conf.state_dir)
     rollback.push("install firewall rules", undo)
     if conf.port_mappings and conf.snat and any(ip.family == 4 for ip in ips):
         portmap.allow_localhost_publishing(bridge)

@@ -72,7 +72,9 @@ def run_check(request: Request, log: Log) -> None:
     if ipam is not None:
         ipam.check(ours)
     if ours:
-        from ..firewall import driver_named, orchestrate
+        from ..firewall import driver_for, orchestrate
+        from ..firewall.driver import Identity
         from .rules import attachment_rules
-        orchestrate.check(driver_named("iptables"), attachment_rules(request, ours), conf.state_dir)
+        identity = Identity(conf.name, request.invocation.container_id, request.invocation.ifname)
+        orchestrate.check(driver_for(conf, identity), attachment_rules(request, ours), conf.state_dir)
     log.debug("check passed")

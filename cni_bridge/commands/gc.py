@@ -19,8 +19,11 @@ def run_gc(request: Request, log: Log) -> None:
         problems += ipam.gc(valid)
     import os
     if os.path.isdir(request.conf.state_dir):  # no state: this host never installed a rule
+        from ..firewall import driver_for
         from ..firewall.orchestrate import gc as gc_firewall
-        problems += gc_firewall(request.conf.name, valid, request.conf.state_dir)
+        # Besides the drivers the records name, the configured one looks for rules whose
+        # records were lost.
+        problems += gc_firewall(request.conf.name, valid, request.conf.state_dir, sweep=[driver_for(request.conf)])
     for problem in problems:
         log.error(problem)
     if problems:

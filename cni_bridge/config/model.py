@@ -57,6 +57,7 @@ class NetConf:
     port_isolation: bool
     dns: DNS | None
     ipam: IpamConf | None
+    firewall_backend: str  # "iptables", "nftables", "auto", or "" for the default (firewall/__init__.py)
     snat: bool
     mark_masq_bit: int
     external_set_mark_chain: str
@@ -121,17 +122,38 @@ def _route(obj: dict[str, Any], path: str) -> Route:
 
 def _unsupported(doc: dict[str, Any]) -> None:
     """Reference keys whose other values we do not implement are refused, never ignored."""
-    backend = doc.get("ipMasqBackend")
-    if backend not in (None, "iptables"):
-        raise CniError(UNSUPPORTED_FIELD, f"unsupported field ipMasqBackend: {backend!r}",
-                       "cni-bridge programs iptables (nf_tables or legacy); only \"iptables\" is accepted")
     if doc.get("macspoofchk"):
         raise CniError(UNSUPPORTED_FIELD, "unsupported field macspoofchk: true",
                        "MAC spoof checking is not implemented by cni-bridge")
-    for key in ("vlanTrunk", "disableContainerInterface", "backend", "conditionsV4", "conditionsV6"):
+    for key in ("vlanTrunk", "disableContainerInterface", "conditionsV4", "conditionsV6"):
         if doc.get(key):
             raise CniError(UNSUPPORTED_FIELD, f"unsupported field {key}: {doc[key]!r}",
                            "this reference plugin option is not implemented by cni-bridge")
+
+
+FIREWALL_BACKENDS = ("iptables", "nftables")
+
+
+def _firewall_backend(doc: dict[str, Any]) -> str:
+    """"iptables", "nftables", "auto" or "" (nothing said): our firewallBackend reconciled with
+    the reference keys ipMasqBackend (bridge) and backend (portmap), which name the same
+    thing for one plugin that does both. Values the reference has no backend for are code 2;
+    keys that disagree are code 7."""
+    reference: dict[str, str] = {}
+    for key, value in (("ipMasqBackend", doc.get("ipMasqBackend")), ("backend", doc.get("backend") or None)):
+        if value is None:
+            continue
+        if value not in FIREWALL_BACKENDS:
+            raise CniError(UNSUPPORTED_FIELD, f"unsupported field {key}: {value!r}",
+                           'cni-bridge programs iptables or nftables: "iptables" or "nftables"')
+        reference[key] = value
+    ours = doc.get("firewallBackend") or ""
+    said = [(key, value) for key, value in (("firewallBackend", ours), *reference.items()) if value in FIREWALL_BACKENDS]
+    for key, value in said[1:]:
+        if value != said[0][1]:
+            raise _fail(key, f"{value!r} conflicts with {said[0][0]} {said[0][1]!r}: "
+                             "one plugin has one firewall backend, set them alike or drop one")
+    return said[0][1] if said else ours
 
 
 def _ipam(doc: dict[str, Any], cni_version: str) -> IpamConf | None:
@@ -192,6 +214,7 @@ def build_netconf(doc: dict[str, Any], cni_version: str, raw: dict[str, Any] | N
     cannot express. `raw` is the document as the caller wrote it (for a delegated IPAM plugin,
     which reads it its own way); `ipam`, when given, replaces what `doc` says."""
     _unsupported(doc)
+    firewall_backend = _firewall_backend(doc)
     if doc.get("hairpinMode") and doc.get("promiscMode"):
         raise _fail("hairpinMode", "cannot be combined with promiscMode: set at most one of them")
     if "externalSetMarkChain" in doc and "markMasqBit" in doc:
@@ -252,6 +275,7 @@ def build_netconf(doc: dict[str, Any], cni_version: str, raw: dict[str, Any] | N
         port_isolation=bool(doc.get("portIsolation")),
         dns=dns,
         ipam=ipam,
+        firewall_backend=firewall_backend,
         snat=doc.get("snat", True),
         mark_masq_bit=int(doc.get("markMasqBit", DEFAULT_MASQ_BIT)),
         external_set_mark_chain=doc.get("externalSetMarkChain", ""),

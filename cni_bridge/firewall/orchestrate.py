@@ -245,13 +245,13 @@ def gc(network: str, valid_attachments: Collection[tuple[str, str]], state_dir: 
         for claim, holder in store.all_claims():
             if holder["key"] not in live:
                 store.release_claims([claim], holder["key"])
-        problems.extend(_collect_shared(store, live, list(used.values()) or [resolve("iptables")]))
+        problems.extend(_collect_shared(store, live, list(used.values()), resolve))
         for driver in used.values() or [resolve("iptables")]:
             problems.extend(_sweep(driver, network, valid, live))
     return problems
 
 
-def _collect_shared(store: Store, live: set[str], drivers: Sequence[FirewallDriver]) -> list[str]:
+def _collect_shared(store: Store, live: set[str], drivers: Sequence[FirewallDriver], resolve: Drivers) -> list[str]:
     """Shared resources whose users are all gone are removed; dead users are forgotten."""
     problems = []
     dead_resources: dict[str, list[Shared]] = {}
@@ -262,7 +262,7 @@ def _collect_shared(store: Store, live: set[str], drivers: Sequence[FirewallDriv
             resource = store.definition(unit, resource_key)
             if resource is None:
                 try:
-                    resource = _owning(drivers, unit).shared(resource_key, unit)
+                    resource = _owning(drivers, unit, resolve).shared(resource_key, unit)
                 except ValueError as exc:
                     problems.append(f"shared firewall rules {resource_key} ({_unit_name(unit)}): {exc}")
                     continue
@@ -271,13 +271,13 @@ def _collect_shared(store: Store, live: set[str], drivers: Sequence[FirewallDriv
             if len(dead) < len(users):
                 store.drop_user(unit, resource_key, user)
     for unit, resources in dead_resources.items():
-        driver = _owning(drivers, unit)
         try:
+            driver = _owning(drivers, unit, resolve)
             try:
                 driver.delete(unit, (), resources)
             except CniError:
                 driver.purge(unit, (), resources)
-        except CniError as exc:
+        except (CniError, ValueError) as exc:
             problems.append(f"shared firewall rules {', '.join(r.key for r in resources)} ({_unit_name(unit)}): {exc}")
             continue
         for resource in resources:
@@ -286,8 +286,18 @@ def _collect_shared(store: Store, live: set[str], drivers: Sequence[FirewallDriv
     return problems
 
 
-def _owning(drivers: Sequence[FirewallDriver], unit: str) -> FirewallDriver:
-    return next((d for d in drivers if unit in d.units()), drivers[0])
+def _owning(drivers: Sequence[FirewallDriver], unit: str, resolve: Drivers) -> FirewallDriver:
+    """The driver whose unit it is: one of `drivers`, else any known driver (units are
+    distinct: "4" and "6" are iptables', "inet" nftables')."""
+    owner = next((d for d in drivers if unit in d.units()), None)
+    if owner is not None:
+        return owner
+    from . import DRIVERS
+    for name in DRIVERS:
+        candidate = resolve(name)
+        if unit in candidate.units():
+            return candidate
+    raise ValueError(f"no firewall driver keeps a unit {unit!r}")
 
 
 def _sweep(driver: FirewallDriver, network: str, valid: set[tuple[str, str]], live: set[str]) -> list[str]:

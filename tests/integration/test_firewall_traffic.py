@@ -1,8 +1,9 @@
 """Firewall, real traffic: masquerade, published ports, the localhost guard.
 
-Every test runs twice per iptables backend (nf_tables and legacy): once with the node's
-FORWARD policy ACCEPT and once with DROP in both families (set with the same backend
-before the first ADD): the plugin's own forward accepts must carry all traffic. The
+Every test runs twice per firewall backend (iptables-nft, iptables-legacy, nftables): once
+with the node's FORWARD policy ACCEPT and once with DROP in both families (set before the
+first ADD, with the same iptables flavour, or iptables-nft for the nftables backend, as
+Docker does): the plugin's own forward accepts must carry all traffic. The
 topology and the echo servers are in tests/traffic.py; the node, where the plugin runs,
 is the harness's throwaway namespace, and every packet goes between namespaces these
 tests created (198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32 and the container subnets).
@@ -10,6 +11,7 @@ tests created (198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32 and the container 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -197,7 +199,14 @@ def test_published_sctp_port(lab_policy: Lab) -> None:
 
 
 def _guard_drops(lab: Lab) -> int:
-    """Packets counted by the plugin's localhost guard (raw PREROUTING) in the node."""
+    """Packets counted by the plugin's localhost guard (raw PREROUTING, or the nftables
+    backend's raw-prerouting chain) in the node."""
+    if lab.nftables:
+        listed = json.loads(lab.sh(lab.node, "nft", "-j", "list", "chain", "inet", "cni-bridge", "raw-prerouting").stdout)
+        for obj in listed["nftables"]:
+            if obj.get("rule", {}).get("comment") == "cni-bridge shared=localhost-guard":
+                return int(next(e["counter"]["packets"] for e in obj["rule"]["expr"] if "counter" in e))
+        raise AssertionError(f"no localhost guard in raw-prerouting:\n{lab.ruleset()}")
     for line in lab.iptables(4, "-t", "raw", "-S", "PREROUTING", "-v").stdout.splitlines():
         if "shared=localhost-guard" in line:
             return int(line.split(" -c ")[1].split()[0])

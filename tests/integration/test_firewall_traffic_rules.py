@@ -1,16 +1,19 @@
 """Firewall rules around traffic: port conflicts, leaving no trace (DEL, DEL without the
-namespace, GC) and CHECK, on both iptables backends, read back with that backend's save.
+namespace, GC) and CHECK, on every firewall backend (iptables-nft, iptables-legacy,
+nftables), read back with that backend's own listing.
 
 "No trace" is checked against the node's complete iptables-save and ip6tables-save
-(comments and packet counters aside): the node first gets foreign rules in every table
-the plugin uses (so the tables exist before the first ADD, as on any real host), and
-after the last DEL the output must be exactly what it was.
+(comments and packet counters aside), and with the nftables backend `nft list table inet
+cni-bridge` too: the node first gets foreign iptables rules in every table the plugin uses
+(so the tables exist before the first ADD, as on any real host), and after the last DEL
+the output must be exactly what it was (for nftables: no table of ours at all).
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -119,9 +122,11 @@ def _many_networks(lab: Lab) -> list[tuple[dict[str, Any], str, Container]]:  # 
 
 
 def significant(ruleset: str) -> list[str]:
-    """Rules and user-defined chains: what a node without any table shows as nothing."""
+    """Rules, user-defined chains and nftables lines: what a node without any table shows as nothing."""
+    nftables = ruleset.partition("# nftables\n")[2]
     return [line for line in ruleset.splitlines()
-            if line.startswith("-A") or (line.startswith(":") and not re.match(r":[A-Z]+ (ACCEPT|DROP)$", line))]
+            if line.startswith("-A") or (line.startswith(":") and not re.match(r":[A-Z]+ (ACCEPT|DROP)$", line))
+            ] + [line for line in nftables.splitlines() if line.strip()]
 
 
 def test_a_pristine_node_has_no_rule_and_no_chain_left_after_the_last_del(lab: Lab) -> None:  # noqa: F811
@@ -137,7 +142,7 @@ def test_rules_after_the_last_del_are_exactly_those_before_the_first_add(lab: La
     before = seed_foreign_rules(lab)
     attachments = _many_networks(lab)
     during = lab.ruleset()
-    assert "CNIBR-" in during and during != before
+    assert ("table inet cni-bridge" if lab.nftables else "CNIBR-") in during and during != before
     for i in (0, 2, 3, 1):  # not in ADD order: shared rules go with their last user
         conf, cid, c = attachments[i]
         lab.ok("DEL", conf, cid, c)
@@ -167,7 +172,9 @@ def test_gc_removes_the_rules_of_attachments_not_valid(lab: Lab) -> None:  # noq
     net_a, net_b = attachments[0][0], attachments[2][0]
 
     def lines_of(network: str) -> list[str]:
-        return [line for line in lab.ruleset().splitlines() if f"net={network} " in line]
+        # An nft set lists one element a line, its punctuation depending on its neighbours.
+        return sorted(line.strip().removeprefix("elements = { ").rstrip(",").removesuffix(" }")
+                      for line in lab.ruleset().splitlines() if f"net={network} " in line)
 
     b_lines = lines_of(net_b["name"])
     a1_lines = [line for line in lines_of(net_a["name"]) if " id=ctr-a1 " in line]
@@ -197,13 +204,8 @@ def _saved_rule(lab: Lab, family: int, chain_prefix: str, needle: str) -> tuple[
     raise AssertionError(f"no rule {chain_prefix}* with {needle!r} in:\n{lab.save(family)}")
 
 
-@pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
-def test_check_passes_after_add_and_fails_when_a_nat_rule_is_deleted(lab: Lab, version: str) -> None:  # noqa: F811
-    conf = lab.network(V4, V6, [TCP, UDP], version=version)
-    c = lab.node.add_container()
-    result = lab.add(conf, "ctr-check", c)
-    check = with_prev(conf, result)
-    lab.ok("CHECK", check, "ctr-check", c)
+def _tamper_iptables(lab: Lab) -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """(what the error must name, delete it, put it back) for iptables rules of the container."""
     cases = [
         (4, "CNIBR-MASQ-", "-j MASQUERADE"),             # the masquerade itself
         (6, "POSTROUTING", "-s fd00:221::2/128"),         # the jump to the masquerade chain
@@ -211,11 +213,51 @@ def test_check_passes_after_add_and_fails_when_a_nat_rule_is_deleted(lab: Lab, v
         (6, "CNIBR-DNAT-", "--dport 5353 -j DNAT"),       # a published UDP port
         (4, "PREROUTING", "shared=hostport"),             # the shared jump all published ports need
     ]
+    out = []
     for family, chain_prefix, needle in cases:
         chain, spec = _saved_rule(lab, family, chain_prefix, needle)
-        lab.iptables(family, "-t", "nat", "-D", chain, *shlex.split(spec))
+        out.append((chain,
+                    lambda f=family, c=chain, r=spec: lab.iptables(f, "-t", "nat", "-D", c, *shlex.split(r)) and None,
+                    lambda f=family, c=chain, r=spec: lab.iptables(f, "-t", "nat", "-A", c, *shlex.split(r)) and None))
+    return out
+
+
+def _tamper_nftables(lab: Lab, bridge: str) -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """The same for the nftables backend: elements of the container, and a shared chain's rule."""
+    comment = '"cni-bridge net=%s id=ctr-check if=eth0"'
+
+    def nft(*args: str) -> None:
+        lab.sh(lab.node, "nft", *args)
+
+    def element(set_name: str, key: str, data: str = "") -> tuple[str, Callable[[], None], Callable[[], None]]:
+        network = next(line for line in lab.nft_table().splitlines() if "id=ctr-check" in line).split("net=")[1].split()[0]
+        value = f"{key} comment {comment % network}" + (f" : {data}" if data else "")
+        return (set_name, lambda: nft("delete", "element", "inet", "cni-bridge", set_name, f"{{ {key} }}"),
+                lambda: nft("add", "element", "inet", "cni-bridge", set_name, f"{{ {value} }}"))
+
+    rule = 'add rule inet cni-bridge nat-prerouting fib daddr type local goto hostports comment "cni-bridge shared=hostport"'
+    return [
+        element("masq4", f'"{bridge}" . 10.221.0.2'),                         # the masquerade itself
+        element("nomasq6", f'"{bridge}" . fd00:221::2 . fd00:221::/64'),     # its exclusion of the own subnet
+        element("dnat4_addr", "0.0.0.0/0 . tcp . 8080", "10.221.0.2"),       # a published TCP port
+        element("dnat6_port", "::/0 . udp . 5353", "53"),                    # a published UDP port
+        ("nat-prerouting", lambda: nft("flush", "chain", "inet", "cni-bridge", "nat-prerouting"),  # the shared chain
+         lambda: nft(rule)),
+    ]
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
+def test_check_passes_after_add_and_fails_when_a_nat_rule_is_deleted(lab: Lab, version: str) -> None:  # noqa: F811
+    conf = lab.network(V4, V6, [TCP, UDP], version=version)
+    c = lab.node.add_container()
+    result = lab.add(conf, "ctr-check", c)
+    check = with_prev(conf, result)
+    lab.ok("CHECK", check, "ctr-check", c)
+    cases = _tamper_nftables(lab, conf["bridge"]) if lab.nftables else _tamper_iptables(lab)
+    for named, delete, restore in cases:
+        delete()
         r = lab.run("CHECK", check, "ctr-check", c)
-        assert r.rc == 1 and r.code == 108, f"CHECK passed without IPv{family} -A {chain} {spec}: {r}"
-        assert chain in r.msg, f"the error should name the missing rule: {r}"
-        lab.iptables(family, "-t", "nat", "-A", chain, *shlex.split(spec))
+        assert r.rc == 1 and r.code == 108, f"CHECK passed without {named}: {r}\n{lab.ruleset()}"
+        assert named in r.msg, f"the error should name the missing rule: {r}"
+        restore()
         lab.ok("CHECK", check, "ctr-check", c)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from ...errors import FIREWALL_FAILURE, CniError
-from ...process import SYSTEM_DIRS, run, which
+from ...process import find_program, run
 
 ENV_BACKEND = "CNI_BRIDGE_IPTABLES"
 NFT = "nft"
@@ -24,8 +24,9 @@ LEGACY = "legacy"
 _cache: dict[str, str] = {}
 
 
-def _which(name: str) -> str:
-    return which(name, [*os.environ.get("PATH", "").split(os.pathsep), *SYSTEM_DIRS])
+def which(name: str) -> str:
+    """Full path of an executable in PATH or the usual system directories, "" if none."""
+    return find_program(name)
 
 
 def _backend_of(path: str) -> str:
@@ -43,7 +44,7 @@ def backend() -> str:
                            f'set it to "{NFT}" or "{LEGACY}", or unset it to follow iptables-restore')
         return chosen
     if "backend" not in _cache:
-        default = _which("iptables-restore")
+        default = which("iptables-restore")
         if not default:
             raise CniError(FIREWALL_FAILURE, "iptables-restore not found",
                            "install iptables (nf_tables or legacy) on the host")
@@ -51,16 +52,17 @@ def backend() -> str:
     return _cache["backend"]
 
 
-def tool(family: int, kind: str) -> str:
-    """Full path of (ip6)tables-<backend>-restore or -save for the family."""
-    chosen = backend()
+def tool(family: int, kind: str, flavour: str = "") -> str:
+    """Full path of (ip6)tables-<backend>-restore or -save for the family (of `flavour`
+    rather than the chosen backend, if given)."""
+    chosen = flavour or backend()
     base = "iptables" if family == 4 else "ip6tables"
     key = f"{chosen}:{base}-{kind}"
     if key not in _cache:
-        path = _which(f"{base}-{chosen}-{kind}")
+        path = which(f"{base}-{chosen}-{kind}")
         if not path:
             # Installations without the suffixed names have only the one backend.
-            plain = _which(f"{base}-{kind}")
+            plain = which(f"{base}-{kind}")
             if plain and _backend_of(plain) == chosen:
                 path = plain
         if not path:
@@ -95,7 +97,7 @@ def _offending_line(stderr: str, batch: str) -> str:
     return ""
 
 
-def restore(family: int, batch: str) -> None:
+def restore(family: int, batch: str, flavour: str = "") -> None:
     """Apply a batch with ``--noflush --wait``; CniError(FIREWALL_FAILURE) if refused.
 
     --noflush: only the named chains are touched, never a whole table. --wait: legacy
@@ -103,7 +105,7 @@ def restore(family: int, batch: str) -> None:
     """
     if not batch:
         return
-    path = tool(family, "restore")
+    path = tool(family, "restore", flavour)
     code, _, err = spawn([path, "--noflush", "--wait"], batch.encode())
     if code != 0:
         message = err.decode(errors="replace").strip()
@@ -113,9 +115,9 @@ def restore(family: int, batch: str) -> None:
                        f"{os.path.basename(path)} failed (IPv{family}, exit status {code})", details)
 
 
-def save(table: str, family: int) -> str:
+def save(table: str, family: int, flavour: str = "") -> str:
     """One table as iptables-save prints it (for CHECK, GC and the removal fallback)."""
-    path = tool(family, "save")
+    path = tool(family, "save", flavour)
     code, out, err = spawn([path, "-t", table])
     if code != 0:
         raise CniError(FIREWALL_FAILURE, f"{os.path.basename(path)} -t {table} failed (exit status {code})",
