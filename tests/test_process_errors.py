@@ -327,12 +327,29 @@ def test_invalid_config(env: dict[str, str], doc: dict[str, Any], path: str) -> 
 
 
 @pytest.mark.parametrize(("key", "value", "shown"), [
-    ("ipMasqBackend", "nftables", "nftables"),
+    ("ipMasqBackend", "firewalld", "firewalld"),
+    ("backend", "firewalld", "firewalld"),
     ("macspoofchk", True, "true"),
-], ids=["ipMasqBackend-nftables", "macspoofchk-true"])
+], ids=["ipMasqBackend-firewalld", "backend-firewalld", "macspoofchk-true"])
 def test_unsupported_field_values(key: str, value: Any, shown: str) -> None:
     obj = check_error(run(ADD_ENV, valid_vlan(**{key: value})), 2)
     assert key in obj["msg"] and shown in obj["msg"], obj
+
+
+@pytest.mark.parametrize("keys", [
+    {"firewallBackend": "iptables", "ipMasqBackend": "nftables"},
+    {"firewallBackend": "nftables", "backend": "iptables"},
+    {"ipMasqBackend": "iptables", "backend": "nftables"},
+], ids=["firewallBackend-ipMasqBackend", "firewallBackend-backend", "ipMasqBackend-backend"])
+def test_contradicting_firewall_backends(keys: dict[str, str]) -> None:
+    obj = check_error(run(ADD_ENV, valid_vlan(**keys)), 7)
+    second = list(keys)[1]
+    assert obj["msg"].startswith(f"{second}: ") and "conflicts with" in obj["msg"], obj
+
+
+def test_unknown_firewall_backend() -> None:
+    obj = check_error(run(ADD_ENV, valid_vlan(firewallBackend="firewalld")), 7)
+    assert obj["msg"].startswith("firewallBackend"), obj
 
 
 def test_error_cni_version_follows_the_config() -> None:

@@ -241,7 +241,9 @@ def gc(network: str, valid_attachments: Collection[tuple[str, str]], state_dir: 
                     _teardown(driver, store, att)
                 except CniError as exc:
                     problems.append(f"container {att.container_id} ifname {att.ifname}: {exc}")
-        live = {key for key, _ in store.attachments()}
+        # Valid attachments are alive even when their record was lost: the shared
+        # resources and host ports they use stay.
+        live = {key for key, _ in store.attachments()} | {attachment_key(network, c, i) for c, i in valid}
         for claim, holder in store.all_claims():
             if holder["key"] not in live:
                 store.release_claims([claim], holder["key"])

@@ -1,8 +1,8 @@
 """Run one firewall orchestration call in this process's network namespace; print JSON.
 
-Used by test_firewall_iptables.py as ``ip netns exec <ns> python -m
-tests.integration.firewall_driver '<json request>'`` so that iptables is only ever
-touched inside a throwaway namespace. The request is ``{"op": ..., ...}``; the
+Used by the driver-level firewall tests (tests/firewall_node.py) as ``ip netns exec <ns>
+python -m tests.integration.firewall_driver '<json request>'`` so that iptables and nft are
+only ever touched inside a throwaway namespace. The request is ``{"op": ..., ...}``; the
 answer ``{"ok": <result>}`` or ``{"error": {"code", "msg", "details"}}``.
 """
 
@@ -60,7 +60,8 @@ def run(request: dict[str, Any]) -> object:
         orchestrate.check(driver, rules_from(request["rules"]), state_dir)
         return None
     if op == "gc":
-        return orchestrate.gc(request["network"], [tuple(v) for v in request["valid"]], state_dir)
+        sweep = [driver_named(name) for name in request.get("sweep", [])]
+        return orchestrate.gc(request["network"], [tuple(v) for v in request["valid"]], state_dir, sweep=sweep)
     if op == "flush_udp_conntrack":
         return portmap.flush_udp_conntrack(request["ports"])
     raise ValueError(f"unknown op {op!r}")

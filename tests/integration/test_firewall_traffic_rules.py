@@ -213,13 +213,15 @@ def _tamper_iptables(lab: Lab) -> list[tuple[str, Callable[[], None], Callable[[
         (6, "CNIBR-DNAT-", "--dport 5353 -j DNAT"),       # a published UDP port
         (4, "PREROUTING", "shared=hostport"),             # the shared jump all published ports need
     ]
-    out = []
-    for family, chain_prefix, needle in cases:
-        chain, spec = _saved_rule(lab, family, chain_prefix, needle)
-        out.append((chain,
-                    lambda f=family, c=chain, r=spec: lab.iptables(f, "-t", "nat", "-D", c, *shlex.split(r)) and None,
-                    lambda f=family, c=chain, r=spec: lab.iptables(f, "-t", "nat", "-A", c, *shlex.split(r)) and None))
-    return out
+    def rule(family: int, chain: str, spec: str) -> tuple[str, Callable[[], None], Callable[[], None]]:
+        def delete() -> None:
+            lab.iptables(family, "-t", "nat", "-D", chain, *shlex.split(spec))
+
+        def restore() -> None:
+            lab.iptables(family, "-t", "nat", "-A", chain, *shlex.split(spec))
+        return chain, delete, restore
+
+    return [rule(family, *_saved_rule(lab, family, chain_prefix, needle)) for family, chain_prefix, needle in cases]
 
 
 def _tamper_nftables(lab: Lab, bridge: str) -> list[tuple[str, Callable[[], None], Callable[[], None]]]:

@@ -143,7 +143,7 @@ def test_bridge_name_longer_than_15_bytes_is_a_config_error() -> None:
                                                                         [{"subnet": "10.77.0.0/25"}]]}},
     {"ipam": {"type": "host-local", "dataDir": "/srv/store", "ranges": "garbage"}},
     {"prevResult": {"ips": [{"address": "not-an-ip"}]}},
-    {"stateDir": "/srv/state", "ipMasqBackend": "nftables"},
+    {"stateDir": "/srv/state", "ipMasqBackend": "firewalld"},
     {"bridge": "br\ud800", "stateDir": "/srv/state"},
 ], ids=["internal-ports", "internal-masq", "version", "mtu-type", "bridge-slash", "overlap", "ranges-garbage",
         "prev-result", "backend", "surrogate"])

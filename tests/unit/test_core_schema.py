@@ -57,6 +57,8 @@ BASE: dict[str, Any] = {
     "forceAddress": False,
     "ipMasq": True,
     "ipMasqBackend": "iptables",
+    "backend": "iptables",
+    "firewallBackend": "iptables",
     "mtu": 1500,
     "hairpinMode": False,
     "promiscMode": False,
