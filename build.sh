@@ -16,8 +16,8 @@ VENV=.venv
 # Debian's python3 is built with PGO/LTO and starts faster than a pyenv build; the bundle uses it.
 PYTHON=/usr/bin/python3
 
-BUILD_PACKAGES=(python3 python3-venv python3-dev libpython3.11 binutils iproute2 iptables)
-TEST_PACKAGES=(curl iputils-ping socat conntrack busybox-static containernetworking-plugins podman runc containerd nftables)
+BUILD_PACKAGES=(python3 python3-venv python3-dev libpython3.11 binutils iproute2 iptables nftables)
+TEST_PACKAGES=(curl iputils-ping socat conntrack busybox-static containernetworking-plugins podman runc containerd)
 # The benchmark's libcni client (bench/libcni) is Go, built against Debian's libcni sources.
 BENCH_PACKAGES=(golang-go golang-github-appc-cni-dev)
 

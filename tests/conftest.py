@@ -29,6 +29,7 @@ def _host_snapshot() -> dict[str, str]:
                                    if line.startswith(("-A", ":"))),
         "iptables-legacy-save": "\n".join(line for line in (out("iptables-legacy-save") + out("ip6tables-legacy-save"))
                                           .splitlines() if line.startswith(("-A", ":"))),
+        "nft list tables": out("nft", "list", "tables"),  # a leaked nftables table of ours shows here
         "/run/cni-bridge": str(os.path.exists("/run/cni-bridge")),
         # Where runtimes and the runner keep plugins, network lists and cached results.
         **{path: "\n".join(sorted(os.listdir(path))) if os.path.isdir(path) else "absent"
