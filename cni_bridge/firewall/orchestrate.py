@@ -247,9 +247,10 @@ def gc(network: str, valid_attachments: Collection[tuple[str, str]], state_dir: 
         for claim, holder in store.all_claims():
             if holder["key"] not in live:
                 store.release_claims([claim], holder["key"])
-        problems.extend(_collect_shared(store, live, list(used.values()), resolve))
+        # Strays first: their rules may still use a shared resource that goes next.
         for driver in used.values() or [resolve("iptables")]:
             problems.extend(_sweep(driver, network, valid, live))
+        problems.extend(_collect_shared(store, live, list(used.values()), resolve))
     return problems
 
 

@@ -62,7 +62,8 @@ def test_one_table_of_base_chains_and_sets_whose_elements_are_the_attachment(nod
     assert hooks == {"raw-prerouting": ("filter", "prerouting", -300), "nat-prerouting": ("nat", "prerouting", -100),
                      "nat-output": ("nat", "output", -100), "nat-postrouting": ("nat", "postrouting", 100),
                      "filter-forward": ("filter", "forward", 0)}
-    for name in ("masq4", "masq6", "dnat4_addr", "dnat4_port", "dnat6_addr", "dnat6_port", "hairpin4", "hairpin6"):
+    for name in ("masq4", "masq6", "dnat4any_addr", "dnat4any_port", "dnat6any_addr", "dnat6any_port", "hairpin4",
+                 "hairpin6"):
         assert table["sets"][name] and set(comments(table["sets"][name])) == {C1}, name
     assert comments(table["sets"]["bridges"]) == ["cni-bridge shared=bridge:cnibr0"]
     assert all(set(c) == {f"cni-bridge shared={key}"} for key, c in (
@@ -83,7 +84,7 @@ def test_a_second_attachment_adds_elements_and_no_rule(node: Node) -> None:
                                         portMappings=[{"hostPort": 8081, "containerPort": 80}]))
     second = listing(node)
     assert second["rules"] == first["rules"] and second["chains"].keys() == first["chains"].keys()
-    assert len(second["sets"]["masq4"]) == 2 and len(second["sets"]["dnat4_port"]) == 3
+    assert len(second["sets"]["masq4"]) == 2 and len(second["sets"]["dnat4any_port"]) == 3
     assert second["sets"]["bridges"] == first["sets"]["bridges"]  # shared: once
     node.ok("remove", network="n1", container_id="c1")
     assert "id=c1 " not in node.table() and "id=c2 " in node.table()
@@ -94,7 +95,7 @@ def test_a_second_attachment_adds_elements_and_no_rule(node: Node) -> None:
 def test_a_refused_transaction_changes_nothing(node: Node) -> None:
     node.ok("install", rules=attachment("c0", "10.1.0.9", None, portMappings=[{"hostPort": 7070, "containerPort": 80}]))
     # A leftover of an attachment whose records are gone holds c1's masquerade key.
-    node.nft("add", "element", "inet", "cni-bridge", "masq4", '{ "cnibr0" . 10.1.0.2 }')
+    node.nft("add", "element", "inet", "cni-bridge", "masq4", '{ "cnibr0" . 10.1.0.2 : accept }')
     before, records = node.snapshot(), node.records()
     error = node.error("install", rules=attachment("c1", ip_masq=True, portMappings=PORTS))
     assert error["code"] == 109 and "exists" in error["details"], error
@@ -116,10 +117,10 @@ def test_check_names_what_is_missing(node: Node) -> None:
     doc = attachment("c1", ip_masq=True, portMappings=PORTS)
     node.ok("install", rules=doc)
     node.ok("check", rules=doc)
-    node.nft("delete", "element", "inet", "cni-bridge", "dnat6_port", "{ ::/0 . udp . 5353 }")
+    node.nft("delete", "element", "inet", "cni-bridge", "dnat6any_port", "{ udp . 5353 }")
     error = node.error("check", rules=doc)
     assert error["code"] == 108 and error["msg"] == (
-        "firewall rule missing: inet element ::/0 . udp . 5353 : 53 in dnat6_port"), error
+        "firewall rule missing: inet element udp . 5353 : 53 in dnat6any_port"), error
     node.ok("remove", network="n1", container_id="c1")
     node.ok("install", rules=doc)
     node.nft("flush", "chain", "inet", "cni-bridge", "nat-output")

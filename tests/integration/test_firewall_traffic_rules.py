@@ -11,8 +11,10 @@ the output must be exactly what it was (for nftables: no table of ours at all).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -225,24 +227,29 @@ def _tamper_iptables(lab: Lab) -> list[tuple[str, Callable[[], None], Callable[[
 
 
 def _tamper_nftables(lab: Lab, bridge: str) -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
-    """The same for the nftables backend: elements of the container, and a shared chain's rule."""
-    comment = '"cni-bridge net=%s id=ctr-check if=eth0"'
-
+    """The same for the nftables backend: elements of the container (put back as nft lists
+    them), and a shared chain's rule."""
     def nft(*args: str) -> None:
         lab.sh(lab.node, "nft", *args)
 
-    def element(set_name: str, key: str, data: str = "") -> tuple[str, Callable[[], None], Callable[[], None]]:
-        network = next(line for line in lab.nft_table().splitlines() if "id=ctr-check" in line).split("net=")[1].split()[0]
-        value = f"{key} comment {comment % network}" + (f" : {data}" if data else "")
-        return (set_name, lambda: nft("delete", "element", "inet", "cni-bridge", set_name, f"{{ {key} }}"),
-                lambda: nft("add", "element", "inet", "cni-bridge", set_name, f"{{ {value} }}"))
+    def element(set_name: str, key: str) -> tuple[str, Callable[[], None], Callable[[], None]]:
+        listed = json.loads(lab.sh(lab.node, "nft", "-j", "list", "map", "inet", "cni-bridge", set_name).stdout)
+        body = listed["nftables"][1]["map"]
+        parts = [part.strip('"') for part in key.split(" . ")]
+        mine = next(e for e in body["elem"] if [str(v) for v in e[0]["elem"]["val"]["concat"]] == parts)
+        restore = {"nftables": [{"add": {"element": {"family": "inet", "table": "cni-bridge", "name": set_name,
+                                                     "elem": [mine]}}}]}
+        def put_back() -> None:
+            subprocess.run(["ip", "netns", "exec", lab.node.name, "nft", "-j", "-f", "-"], input=json.dumps(restore),
+                           text=True, capture_output=True, check=True)
+        return set_name, lambda: nft("delete", "element", "inet", "cni-bridge", set_name, f"{{ {key} }}"), put_back
 
     rule = 'add rule inet cni-bridge nat-prerouting fib daddr type local goto hostports comment "cni-bridge shared=hostport"'
     return [
-        element("masq4", f'"{bridge}" . 10.221.0.2'),                         # the masquerade itself
-        element("nomasq6", f'"{bridge}" . fd00:221::2 . fd00:221::/64'),     # its exclusion of the own subnet
-        element("dnat4_addr", "0.0.0.0/0 . tcp . 8080", "10.221.0.2"),       # a published TCP port
-        element("dnat6_port", "::/0 . udp . 5353", "53"),                    # a published UDP port
+        element("masq4", f'"{bridge}" . 10.221.0.2'),         # the masquerade itself
+        element("hairpin6", f'"{bridge}" . fd00:221::2'),     # IPv6 hairpin
+        element("dnat4any_addr", "tcp . 8080"),               # a published TCP port
+        element("dnat6any_port", "udp . 5353"),               # a published UDP port
         ("nat-prerouting", lambda: nft("flush", "chain", "inet", "cni-bridge", "nat-prerouting"),  # the shared chain
          lambda: nft(rule)),
     ]

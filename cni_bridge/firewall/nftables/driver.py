@@ -40,7 +40,7 @@ class NftablesDriver:
         plan = scheme.build(rules)
         if plan is None:
             return ()
-        return (UnitPlan(UNIT, plan.items, tuple(self.shared(key, UNIT) for key in plan.shared)),)
+        return (UnitPlan(UNIT, plan.items, tuple(Shared(key, items) for key, items in plan.shared)),)
 
     def shared(self, key: str, unit: str) -> Shared:
         _check_unit(unit)
@@ -87,7 +87,7 @@ class NftablesDriver:
     def tagged(self, unit: str, network: str) -> set[Identity]:
         _check_unit(unit)
         owners = set()
-        for _, _, comment in _listed().comments():
+        for _, _, _, comment in _listed().elements():
             owner = scheme.parse_attachment_comment(comment)
             if owner is not None and owner[0] == network:
                 owners.add(Identity(*owner))

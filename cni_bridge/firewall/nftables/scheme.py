@@ -1,7 +1,7 @@
 """What the nftables backend installs: the table ``inet cni-bridge`` as data. Pure functions.
 
-One table of our own holds both families. Its chains and rules are fixed; an ADD or DEL
-changes only elements of its sets and maps (``C`` is an attachment's comment, see
+One table of our own holds both families. Its base chains and their rules are fixed; an ADD
+or DEL changes elements of its sets and maps (``C`` is an attachment's comment, see
 ``attachment_comment``; ``S`` a shared resource's, ``cni-bridge shared=<key>``)::
 
     table inet cni-bridge
@@ -12,15 +12,25 @@ changes only elements of its sets and maps (``C`` is an attachment's comment, se
       chain nat-output       nat, output, priority -100                       hostport
           fib daddr type local goto hostports
       chain hostports                                                          hostport
-          meta nfproto ipv4 meta l4proto { tcp, udp, sctp }
+          meta l4proto { tcp, udp, sctp }
               dnat ip to ip daddr . meta l4proto . th dport map @dnat4_addr
                        : ip daddr . meta l4proto . th dport map @dnat4_port
-          (the same with ip6, @dnat6_addr and @dnat6_port)
+          meta nfproto ipv4 meta l4proto { tcp, udp, sctp }
+              dnat ip to meta l4proto . th dport map @dnat4any_addr
+                       : meta l4proto . th dport map @dnat4any_port
+          (the same with ip6, @dnat6_addr, @dnat6_port, @dnat6any_addr, @dnat6any_port)
       chain nat-postrouting  nat, postrouting, priority srcnat (100)          postrouting
-          ct status dnat oifname . ip saddr . ip daddr @hairpin4 masquerade
-          iifname . ip saddr . ip daddr @nomasq4 return
-          iifname . ip saddr @masq4 masquerade
-          (the same for ip6)
+          ct status dnat oifname . ip daddr vmap @hairpin4
+          ct status dnat oifname . ip6 daddr vmap @hairpin6
+          iifname . ip saddr vmap @masq4
+          iifname . ip6 saddr vmap @masq6
+      chain masq-<h>         (one per set of networks; key masq:<h>)
+          ip daddr { <subnets>, <ipMasqExclude>, 224.0.0.0/4 } return
+          ip6 daddr { ..., ff00::/8 } return
+          masquerade
+      chain hairpin-<h>      (one per set of networks; key hairpin:<h>)
+          ip saddr { <container subnets>, 127.0.0.1 } masquerade      (0.0.0.0/0 with masqAll)
+          ip6 saddr { <container subnets> } masquerade
       chain filter-forward   filter, forward, priority filter (0)            forward
           iifname . oifname @bridge_pairs accept
           iifname . oifname @internal_pairs accept
@@ -31,23 +41,30 @@ changes only elements of its sets and maps (``C`` is an attachment's comment, se
 
 Elements of one attachment (each commented C), per family with an address:
 
-    masq4       <bridge> . <container ip>                         ipMasq
-    nomasq4     <bridge> . <container ip> . <cidr>                its subnets, ipMasqExclude, 224.0.0.0/4
-    dnat4_addr  <host ip | 0.0.0.0/0> . <proto> . <host port> : <container ip>
-    dnat4_port  <the same key> : <container port>
-    hairpin4    <bridge> . <container subnet | 127.0.0.1 | 0.0.0.0/0 (masqAll)> . <container ip>   snat
+    masq4          <bridge> . <container ip> : jump masq-<h>            ipMasq
+    hairpin4       <bridge> . <container ip> : jump hairpin-<h>         a published port, snat
+    dnat4_addr     <host ip> . <proto> . <host port> : <container ip>   a mapping with a hostIP
+    dnat4_port     <the same key> : <container port>
+    dnat4any_addr  <proto> . <host port> : <container ip>               a mapping without
+    dnat4any_port  <the same key> : <container port>
 
 and of a bridge (commented S): ``bridges`` and ``bridge_pairs`` (key ``bridge:<br>``, every
 bridge with addressed attachments), ``internal`` and ``internal_pairs`` (``internal:<br>``),
-``isolated`` (``isolate:<br>``).
+``isolated`` (``isolate:<br>``). ``<h>`` is a hash of the networks a chain lists: the
+attachments of one network share their chains, a changed ipMasqExclude gets new ones.
 
 Why this shape:
 
-- Lookups, not rule lists: a packet costs the same few set lookups with one container
-  or three hundred, and an ADD adds elements, never a rule; no rule handle is ever needed.
+- Lookups, not rule lists: a packet costs the same few hash lookups with one container or
+  three hundred, and an ADD or DEL changes elements (and the first or last of a network,
+  its chains); no rule handle is ever needed.
+- Only exact-match (hash) sets and maps: removing an element from an interval set (nft's
+  pipapo) costs the kernel time in proportion to the set, which a DEL with 300 containers
+  present would pay for every such set it touches. Networks are matched by the anonymous
+  sets of the per-network chains instead, which only change with their network.
 - Hairpin and 127.0.0.1 traffic is masqueraded where it leaves (postrouting: DNATed, going
-  back out of the bridge, from the container's subnet or loopback), not by a packet mark:
-  marks are shared with kube-proxy and others, and postrouting knows all it needs.
+  back out of the bridge to a container, from its subnet or loopback), not by a packet
+  mark: marks are shared with kube-proxy and others, and postrouting knows all it needs.
 - The forward chain only drops (internal, isolate). Its accepts just keep same-bridge
   traffic away from those drops: an accept in our table does not stop another table's base
   chain from dropping (netfilter runs every base chain of a hook; drop is final, accept is
@@ -59,9 +76,11 @@ Why this shape:
   one wins, as the first matching iptables rule does).
 
 Items, as the orchestration records them: ``("table",)``, ``("set", name)``, ``("chain",
-name)`` (their definitions are below, by name), ``("element", set, key, data, comment)``
-with key and data as text (components joined by `` . ``), and ``("accept", kind,
-bridge)``: the iptables accepts compat.py writes where an iptables FORWARD policy drops.
+name)`` (their definitions are below, by name), ``("masq-chain" | "hairpin-chain", name,
+v4 networks, v6 networks)`` (comma-separated), ``("element", set, key, data, comment)`` with
+key and data as text (components joined by `` . ``, a verdict as ``jump <chain>``), and
+``("accept", kind, bridge)``: the iptables accepts compat.py writes where an iptables
+FORWARD policy drops.
 """
 
 from __future__ import annotations
@@ -102,7 +121,8 @@ _IP = {4: "ip", 6: "ip6"}
 _L4 = ("tcp", "udp", "sctp")
 
 # Shared keys in creation order: the table, then what defines sets and chains, then elements.
-SHARED_KINDS = ("table", "forward", "hostport", "postrouting", "localhost-guard", "bridge", "internal", "isolate")
+SHARED_KINDS = ("table", "forward", "hostport", "postrouting", "masq", "hairpin", "localhost-guard", "bridge",
+                "internal", "isolate")
 
 
 @record(frozen=True)
@@ -125,18 +145,21 @@ class ChainDef:
 
 
 SETS: dict[str, SetDef] = {
-    "masq4": SetDef(("ifname", "ipv4_addr")),
-    "masq6": SetDef(("ifname", "ipv6_addr")),
-    "nomasq4": SetDef(("ifname", "ipv4_addr", "ipv4_addr"), interval=True),
-    "nomasq6": SetDef(("ifname", "ipv6_addr", "ipv6_addr"), interval=True),
-    "hairpin4": SetDef(("ifname", "ipv4_addr", "ipv4_addr"), interval=True),
-    "hairpin6": SetDef(("ifname", "ipv6_addr", "ipv6_addr"), interval=True),
-    # Two maps per family with one key: nft 1.0.6 cannot create a map whose data is a
+    # Verdict maps: a container's address to the chain of its network's masquerade rules.
+    "masq4": SetDef(("ifname", "ipv4_addr"), "verdict"),
+    "masq6": SetDef(("ifname", "ipv6_addr"), "verdict"),
+    "hairpin4": SetDef(("ifname", "ipv4_addr"), "verdict"),
+    "hairpin6": SetDef(("ifname", "ipv6_addr"), "verdict"),
+    # Two maps per key (address, port): nft 1.0.6 cannot create a map whose data is a
     # concatenation (address . port) from JSON.
-    "dnat4_addr": SetDef(("ipv4_addr", "inet_proto", "inet_service"), "ipv4_addr", interval=True),
-    "dnat4_port": SetDef(("ipv4_addr", "inet_proto", "inet_service"), "inet_service", interval=True),
-    "dnat6_addr": SetDef(("ipv6_addr", "inet_proto", "inet_service"), "ipv6_addr", interval=True),
-    "dnat6_port": SetDef(("ipv6_addr", "inet_proto", "inet_service"), "inet_service", interval=True),
+    "dnat4_addr": SetDef(("ipv4_addr", "inet_proto", "inet_service"), "ipv4_addr"),
+    "dnat4_port": SetDef(("ipv4_addr", "inet_proto", "inet_service"), "inet_service"),
+    "dnat4any_addr": SetDef(("inet_proto", "inet_service"), "ipv4_addr"),
+    "dnat4any_port": SetDef(("inet_proto", "inet_service"), "inet_service"),
+    "dnat6_addr": SetDef(("ipv6_addr", "inet_proto", "inet_service"), "ipv6_addr"),
+    "dnat6_port": SetDef(("ipv6_addr", "inet_proto", "inet_service"), "inet_service"),
+    "dnat6any_addr": SetDef(("inet_proto", "inet_service"), "ipv6_addr"),
+    "dnat6any_port": SetDef(("inet_proto", "inet_service"), "inet_service"),
     "bridges": SetDef(("ifname",)),
     "bridge_pairs": SetDef(("ifname", "ifname")),
     "internal": SetDef(("ifname",)),
@@ -183,29 +206,57 @@ def shared_comment(key: str) -> str:
     return SHARED_COMMENT_PREFIX + key
 
 
-def _dnat_rule(family: int) -> tuple[Expr, ...]:
+def _dnat_rule(family: int, any_address: bool) -> tuple[Expr, ...]:
     ip = _IP[family]
-    key = _concat(_payload(ip, "daddr"), _meta("l4proto"), _payload("th", "dport"))
+    port = (_meta("l4proto"), _payload("th", "dport"))
+    key = _concat(*port) if any_address else _concat(_payload(ip, "daddr"), *port)
+    maps = f"dnat{family}any" if any_address else f"dnat{family}"
     return (_match(_meta("nfproto"), "ipv4" if family == 4 else "ipv6"),
             _match(_meta("l4proto"), {"set": list(_L4)}),
             {"dnat": {"family": ip,
-                      "addr": {"map": {"key": key, "data": f"@dnat{family}_addr"}},
-                      "port": {"map": {"key": key, "data": f"@dnat{family}_port"}}}})
+                      "addr": {"map": {"key": key, "data": f"@{maps}_addr"}},
+                      "port": {"map": {"key": key, "data": f"@{maps}_port"}}}})
+
+
+def _vmap(key: Expr, map_name: str) -> Expr:
+    return {"vmap": {"key": key, "data": f"@{map_name}"}}
 
 
 def _postrouting_rules() -> list[tuple[Expr, ...]]:
-    out: list[tuple[Expr, ...]] = []
-    for family in (4, 6):
-        ip = _IP[family]
-        out.append((_DNAT, _in(_concat(_meta("oifname"), _payload(ip, "saddr"), _payload(ip, "daddr")),
-                               f"hairpin{family}"), _MASQUERADE))
-    for family in (4, 6):
-        ip = _IP[family]
-        out.append((_in(_concat(_meta("iifname"), _payload(ip, "saddr"), _payload(ip, "daddr")), f"nomasq{family}"),
-                    _RETURN))
-    for family in (4, 6):
-        out.append((_in(_concat(_meta("iifname"), _payload(_IP[family], "saddr")), f"masq{family}"), _MASQUERADE))
+    # Hairpin first: a DNATed packet between two containers of one subnet is also one the
+    # masquerade chain would leave alone (its own subnet).
+    out: list[tuple[Expr, ...]] = [
+        (_DNAT, _vmap(_concat(_meta("oifname"), _payload(_IP[family], "daddr")), f"hairpin{family}"))
+        for family in (4, 6)]
+    out.extend((_vmap(_concat(_meta("iifname"), _payload(_IP[family], "saddr")), f"masq{family}"),)
+               for family in (4, 6))
     return out
+
+
+def _networks(csv: str) -> Expr:
+    return {"set": [{"prefix": {"addr": a, "len": int(n)}} if n else a
+                    for a, _, n in (cidr.partition("/") for cidr in csv.split(","))]}
+
+
+NETWORKS_CHAINS = ("masq-chain", "hairpin-chain")
+
+
+def networks_chain_rules(item: Item) -> tuple[tuple[tuple[Expr, ...], str], ...]:
+    """The rules of a ("masq-chain" | "hairpin-chain", name, v4 networks, v6 networks) item:
+    destinations in those networks are not masqueraded, everything else is (masq); sources in
+    those networks are masqueraded (hairpin). Empty when the item does not say its networks."""
+    kind, name, v4, v6 = item
+    comment = shared_comment(name.replace("-", ":", 1))
+    lists = [(f, csv) for f, csv in ((4, v4), (6, v6)) if csv]
+    if not lists:
+        return ()
+    rules: list[tuple[Expr, ...]]
+    if kind == "masq-chain":
+        rules = [(_match(_payload(_IP[f], "daddr"), _networks(csv)), _RETURN) for f, csv in lists]
+        rules.append((_MASQUERADE,))
+    else:
+        rules = [(_match(_payload(_IP[f], "saddr"), _networks(csv)), _MASQUERADE) for f, csv in lists]
+    return tuple((r, comment) for r in rules)
 
 
 def _forward_rules() -> list[tuple[Expr, ...]]:
@@ -232,7 +283,8 @@ CHAINS: dict[str, ChainDef] = {
     "raw-prerouting": _chain("localhost-guard", [(
         _match(_meta("iifname"), "lo", "!="), _match(_payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}),
         {"counter": None}, _DROP)], "filter", "prerouting", PRIORITY_RAW),
-    "hostports": _chain("hostport", [_dnat_rule(4), _dnat_rule(6)]),
+    # A hostIP mapping and a wildcard one never share a port (claims), so the order is free.
+    "hostports": _chain("hostport", [_dnat_rule(f, any_address) for f in (4, 6) for any_address in (False, True)]),
     "nat-prerouting": _chain("hostport", [_GOTO_HOSTPORTS], "nat", "prerouting", PRIORITY_DSTNAT),
     "nat-output": _chain("hostport", [_GOTO_HOSTPORTS], "nat", "output", PRIORITY_DSTNAT),
     "nat-postrouting": _chain("postrouting", _postrouting_rules(), "nat", "postrouting", PRIORITY_SRCNAT),
@@ -289,11 +341,13 @@ def shared(key: str) -> tuple[Item, ...]:
         return (*(("set", name) for name in ("bridges", "bridge_pairs", "internal", "internal_pairs", "isolated")),
                 ("chain", "filter-forward"))
     if kind == "hostport":
-        return (*(("set", f"dnat{f}_{what}") for f in (4, 6) for what in ("addr", "port")),
+        return (*(("set", f"dnat{f}{kind}_{what}") for f in (4, 6) for kind in ("", "any") for what in ("addr", "port")),
                 ("chain", "hostports"), ("chain", "nat-prerouting"), ("chain", "nat-output"))
     if kind == "postrouting":
-        return (*(("set", f"{what}{f}") for what in ("masq", "nomasq", "hairpin") for f in (4, 6)),
-                ("chain", "nat-postrouting"))
+        return (*(("set", f"{what}{f}") for what in ("masq", "hairpin") for f in (4, 6)), ("chain", "nat-postrouting"))
+    if kind in ("masq", "hairpin"):
+        # Named by a hash of its networks, which the key does not tell: enough to delete it.
+        return ((f"{kind}-chain", f"{kind}-{arg}", "", ""),)
     if kind == "localhost-guard":
         return (("chain", "raw-prerouting"),)
     c = shared_comment(key)
@@ -317,10 +371,10 @@ def kind_rank(key: str) -> int:
 
 @record(frozen=True)
 class Plan:
-    """What one attachment needs: its elements, and the keys of the shared resources it uses."""
+    """What one attachment needs: its elements, and the shared resources it uses (key, items)."""
 
     items: tuple[Item, ...]
-    shared: tuple[str, ...]
+    shared: tuple[tuple[str, tuple[Item, ...]], ...]
 
 
 def _collapsed(cidrs: Iterable[str]) -> list[str]:
@@ -336,6 +390,15 @@ def _host_or_cidr(cidr: str) -> str:
     # nft lists a one-address interval as the bare address: write it the same way.
     address, _, length = cidr.partition("/")
     return address if length in ("32", "128") else cidr
+
+
+def _networks_chain(kind: str, lists: dict[int, list[str]]) -> tuple[str, str, Item]:
+    """(key, chain name, item) of the masq or hairpin chain for these networks per family,
+    named by their hash: attachments with the same networks share it, others get their own."""
+    import hashlib
+    v4, v6 = ",".join(lists.get(4, [])), ",".join(lists.get(6, []))
+    digest = hashlib.sha256(f"{kind}\0{v4}\0{v6}".encode()).hexdigest()[:16]
+    return f"{kind}:{digest}", f"{kind}-{digest}", (f"{kind}-chain", f"{kind}-{digest}", v4, v6)
 
 
 def build(rules: AttachmentRules) -> Plan | None:
@@ -361,43 +424,47 @@ def build(rules: AttachmentRules) -> Plan | None:
             mappings[family].append((address, pm.protocol, pm.host_port, pm.container_port))
 
     items: list[Item] = []
-    keys: set[str] = set()
+    used: dict[str, tuple[Item, ...]] = {}
+    masq: dict[int, list[str]] = {}       # family -> destinations never masqueraded
+    masq_ips: list[tuple[int, str]] = []
+    hairpin: dict[int, list[str]] = {}    # family -> sources masqueraded on their way to a published port
+    targets: list[tuple[int, str]] = []
     for family in (4, 6):
         own = addresses[family]
         if not own and not (rules.internal or rules.isolate):
             continue
-        keys.update(("table", "forward"))
-        if own and not rules.internal:
-            keys.add(f"bridge:{br}")
-        if rules.internal:
-            keys.add(f"internal:{br}")
-        if rules.isolate:
-            keys.add(f"isolate:{br}")
+        for name in ("table", "forward", *([f"bridge:{br}"] if own and not rules.internal else []),
+                     *([f"internal:{br}"] if rules.internal else []), *([f"isolate:{br}"] if rules.isolate else [])):
+            used[name] = shared(name)
         own_subnets = list(dict.fromkeys(subnet for _, subnet in own))
         if own and rules.ip_masq and not rules.internal:
-            keys.add("postrouting")
-            excluded = _collapsed([*(subnets[family] or own_subnets), *excludes[family], _MULTICAST[family]])
-            for ip, _ in own:
-                items.append(_element(f"masq{family}", [br, ip], "", c))
-                items.extend(_element(f"nomasq{family}", [br, ip, cidr], "", c) for cidr in excluded)
+            masq[family] = _collapsed([*(subnets[family] or own_subnets), *excludes[family], _MULTICAST[family]])
+            masq_ips.extend((family, ip) for ip, _ in own)
         published = _published(mappings[family]) if own else []
         if published:
             target = own[0][0]
-            keys.add("hostport")
+            used["hostport"] = shared("hostport")
             for host_ip, proto, host_port, container_port in published:
-                key = [_host_or_cidr(host_ip) if host_ip else _ANY[family], proto, host_port]
-                items.append(_element(f"dnat{family}_addr", key, target, c))
-                items.append(_element(f"dnat{family}_port", key, container_port, c))
+                key: list[object] = [host_ip, proto, host_port] if host_ip else [proto, host_port]
+                maps = f"dnat{family}" if host_ip else f"dnat{family}any"
+                items.append(_element(f"{maps}_addr", key, target, c))
+                items.append(_element(f"{maps}_port", key, container_port, c))
             if rules.snat:
-                keys.add("postrouting")
-                sources = [_ANY[family]] if rules.masq_all else _collapsed(
+                hairpin[family] = [_ANY[family]] if rules.masq_all else _collapsed(
                     [*own_subnets, *(["127.0.0.1/32"] if family == 4 else [])])
-                items.extend(_element(f"hairpin{family}", [br, source, target], "", c) for source in sources)
+                targets.append((family, target))
             if family == 4:
-                keys.add("localhost-guard")
-    if not keys:
+                used["localhost-guard"] = shared("localhost-guard")
+    for kind, lists, keyed in (("masq", masq, masq_ips), ("hairpin", hairpin, targets)):
+        if lists:
+            used["postrouting"] = shared("postrouting")
+            chain_key, chain, item = _networks_chain(kind, lists)
+            used[chain_key] = (item,)
+            items.extend(_element(f"{kind}{family}", [br, address], f"jump {chain}", c) for family, address in keyed)
+    if not used:
         return None
-    return Plan(tuple(dict.fromkeys(items)), tuple(sorted(keys, key=lambda k: (kind_rank(k), k))))
+    order = sorted(used, key=lambda k: (kind_rank(k), k))
+    return Plan(tuple(dict.fromkeys(items)), tuple((k, used[k]) for k in order))
 
 
 def _published(mappings: list[tuple[str, str, int, int]]) -> list[tuple[str, str, int, int]]:

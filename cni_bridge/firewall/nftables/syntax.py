@@ -9,7 +9,7 @@ address, ``addr/len`` for a prefix, a number for a port), so comparing is compar
 from __future__ import annotations
 
 from ...records import record
-from .scheme import CHAINS, FAMILY, SETS, TABLE
+from .scheme import CHAINS, FAMILY, NETWORKS_CHAINS, SETS, TABLE, networks_chain_rules
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,6 +31,9 @@ def _where(**extra: Any) -> dict[str, Any]:
 def _component(text: str, kind: str) -> Any:
     if kind == "inet_service":
         return int(text)
+    if kind == "verdict":
+        verdict, _, target = text.partition(" ")
+        return {verdict: {"target": target}}
     if kind in ("ipv4_addr", "ipv6_addr") and "/" in text:
         address, _, length = text.partition("/")
         return {"prefix": {"addr": address, "len": int(length)}}
@@ -73,21 +76,29 @@ def _set_command(name: str) -> Command:
 
 
 def _chain_commands(name: str) -> list[Command]:
-    """Create the chain or empty a leftover, then its rules: always the same chain afterwards."""
-    definition = CHAINS[name]
+    """Create the chain or empty a leftover (its rules follow): always the same chain afterwards."""
+    definition = CHAINS.get(name)
     body = _where(name=name)
-    if definition.hook:
+    if definition is not None and definition.hook:
         body.update(type=definition.type, hook=definition.hook, prio=definition.priority, policy="accept")
     return [{"add": {"chain": body}}, {"flush": {"chain": _where(name=name)}}]
 
 
-def _rule_commands(name: str) -> list[Command]:
-    return [{"add": {"rule": _where(chain=name, expr=list(expr), comment=comment)}}
-            for expr, comment in CHAINS[name].rules]
+def _rules(item: Item) -> tuple[tuple[tuple[Any, ...], str], ...]:
+    """The rules of a chain item, fixed or per set of networks."""
+    return CHAINS[item[1]].rules if item[0] == "chain" else networks_chain_rules(item)
 
 
-def _of_kind(items: Iterable[Item], kind: str) -> list[Item]:
-    return [item for item in items if item[0] == kind]
+def _rule_commands(item: Item) -> list[Command]:
+    return [{"add": {"rule": _where(chain=item[1], expr=list(expr), comment=comment)}} for expr, comment in _rules(item)]
+
+
+def _of_kind(items: Iterable[Item], *kinds: str) -> list[Item]:
+    return [item for item in items if item[0] in kinds]
+
+
+def _chains(items: Iterable[Item]) -> list[Item]:
+    return _of_kind(items, "chain", *NETWORKS_CHAINS)
 
 
 def render_add(shared_items: Sequence[Item], own: Sequence[Item]) -> list[Command]:
@@ -98,11 +109,11 @@ def render_add(shared_items: Sequence[Item], own: Sequence[Item]) -> list[Comman
     if TABLE_ITEM in shared_items:
         commands.append({"add": {"table": {"family": FAMILY, "name": TABLE}}})
     commands.extend(_set_command(item[1]) for item in _of_kind(shared_items, "set"))
-    chains = [item[1] for item in _of_kind(shared_items, "chain")]
-    for name in chains:
-        commands.extend(_chain_commands(name))
-    for name in chains:
-        commands.extend(_rule_commands(name))
+    chains = _chains(shared_items)
+    for item in chains:
+        commands.extend(_chain_commands(item[1]))
+    for item in chains:  # a rule may go to a chain created after its own
+        commands.extend(_rule_commands(item))
     commands.extend(_elements("add", _of_kind(shared_items, "element"), True))
     commands.extend(_elements("create", _of_kind(own, "element"), True))
     return commands
@@ -115,7 +126,7 @@ def render_delete(shared_items: Sequence[Item], own: Sequence[Item]) -> list[Com
     if TABLE_ITEM in shared_items:
         return [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
     commands = _elements("delete", [*_of_kind(own, "element"), *_of_kind(shared_items, "element")], False)
-    commands.extend({"delete": {"chain": _where(name=item[1])}} for item in reversed(_of_kind(shared_items, "chain")))
+    commands.extend({"delete": {"chain": _where(name=item[1])}} for item in reversed(_chains(shared_items)))
     commands.extend({"delete": {"map" if SETS[item[1]].data else "set": _where(name=item[1])}}
                     for item in _of_kind(shared_items, "set"))
     return commands
@@ -139,19 +150,21 @@ class Listed:
             return self.present
         if kind == "set":
             return item[1] in self.sets
-        if kind == "chain":
-            expected = tuple(comment for _, comment in CHAINS[item[1]].rules)
+        if kind == "chain" or kind in NETWORKS_CHAINS:
+            expected = tuple(comment for _, comment in _rules(item))
+            if kind != "chain" and not expected:
+                return item[1] in self.chains  # its networks unknown (no record): present is all we can tell
             return self.chains.get(item[1]) == expected
         if kind == "element":
             found = self.sets.get(item[1], {}).get(item[2])
             return found is not None and found[0] == item[3]
         raise ValueError(f"not an nftables item: {item!r}")
 
-    def comments(self) -> Iterable[tuple[str, str, str]]:
-        """(set, key, comment) of every element."""
+    def elements(self) -> Iterable[tuple[str, str, str, str]]:
+        """(set, key, data, comment) of every element."""
         for name, elements in self.sets.items():
-            for key, (_, comment) in elements.items():
-                yield name, key, comment
+            for key, (data, comment) in elements.items():
+                yield name, key, data, comment
 
 
 EMPTY = Listed(False, {}, {})
@@ -159,6 +172,9 @@ EMPTY = Listed(False, {}, {})
 
 def _text(value: Any) -> str:
     if isinstance(value, dict):
+        for verdict in ("jump", "goto"):
+            if verdict in value:
+                return f"{verdict} {value[verdict]['target']}"
         if "concat" in value:
             return " . ".join(_text(v) for v in value["concat"])
         if "prefix" in value:
@@ -209,13 +225,17 @@ def render_purge(listed: Listed, comments: Iterable[str], shared_items: Sequence
     if TABLE_ITEM in shared_items:
         return [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
     wanted = set(comments)
+    # Elements that jump to a chain going away go too, whoever they belong to: the kernel
+    # refuses to delete a chain something still jumps to.
+    jumps = {f"jump {item[1]}" for item in _of_kind(shared_items, *NETWORKS_CHAINS)}
     doomed: dict[tuple[str, str], Item] = {
-        (name, key): ("element", name, key, "", comment) for name, key, comment in listed.comments() if comment in wanted}
+        (name, key): ("element", name, key, "", comment) for name, key, data, comment in listed.elements()
+        if comment in wanted or data in jumps}
     for item in _of_kind(shared_items, "element"):
         if item[2] in listed.sets.get(item[1], {}):
             doomed.setdefault((item[1], item[2]), item)
     commands = _elements("delete", doomed.values(), False)
-    commands.extend({"delete": {"chain": _where(name=item[1])}} for item in reversed(_of_kind(shared_items, "chain"))
+    commands.extend({"delete": {"chain": _where(name=item[1])}} for item in reversed(_chains(shared_items))
                     if item[1] in listed.chains)
     commands.extend({"delete": {"map" if SETS[item[1]].data else "set": _where(name=item[1])}}
                     for item in _of_kind(shared_items, "set") if item[1] in listed.sets)
@@ -227,8 +247,8 @@ def describe(item: Item) -> str:
     kind = item[0]
     if kind == "table":
         return f"table {FAMILY} {TABLE}"
-    if kind in ("set", "chain"):
-        return f"{'map' if kind == 'set' and SETS[item[1]].data else kind} {item[1]}"
+    if kind in ("set", "chain", *NETWORKS_CHAINS):
+        return f"{'map' if kind == 'set' and SETS[item[1]].data else 'chain' if kind != 'set' else 'set'} {item[1]}"
     if kind == "element":
         data = f" : {item[3]}" if item[3] else ""
         return f"element {item[2]}{data} in {item[1]}"
