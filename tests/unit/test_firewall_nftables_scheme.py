@@ -109,7 +109,8 @@ def test_shared_resources_are_fixed_by_their_key() -> None:
 def test_every_set_of_the_scheme_belongs_to_one_shared_resource_and_none_is_an_interval_set() -> None:
     owned = [item[1] for key in ("forward", "hostport", "postrouting") for item in scheme.shared(key) if item[0] == "set"]
     assert sorted(owned) == sorted(scheme.SETS)
-    assert not any(definition.interval for definition in scheme.SETS.values())
+    commands = syntax.render_add([("set", name) for name in scheme.SETS], ())
+    assert all("flags" not in body for c in commands for body in c["add"].values())
 
 
 def test_base_chains_and_their_priorities() -> None:

@@ -116,7 +116,6 @@ PRIORITY_SRCNAT = 100
 
 _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
 _ANY = {4: "0.0.0.0/0", 6: "::/0"}
-_ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 _IP = {4: "ip", 6: "ip6"}
 _L4 = ("tcp", "udp", "sctp")
 
@@ -127,11 +126,11 @@ SHARED_KINDS = ("table", "forward", "hostport", "postrouting", "masq", "hairpin"
 
 @record(frozen=True)
 class SetDef:
-    """A named set or map: its key types, the data type of a map ("" for a set)."""
+    """A named set or map: its key types, the data type of a map ("" for a set). All of them
+    match exactly (hash): no interval sets, see above."""
 
     key: tuple[str, ...]
     data: str = ""
-    interval: bool = False
 
 
 @record(frozen=True)

@@ -1,9 +1,10 @@
 """libnftables JSON for the table of scheme.py: the commands that add and delete items, and a
 reader that sees what ``nft -j list table`` prints as items again.
 
-Keys and data are kept as text in the items (``br0 . 10.1.0.2 . 10.1.0.0/24``); they become
-JSON by the types of their set, and what nft lists is turned back into the same text (an
-address, ``addr/len`` for a prefix, a number for a port), so comparing is comparing strings.
+Keys and data are kept as text in the items (``br0 . 10.1.0.2``, ``tcp . 8080``, ``jump
+masq-<h>``); they become JSON by the types of their set, and what nft lists is turned back
+into the same text (an address, ``addr/len`` for a prefix, a number for a port, ``jump
+<chain>`` for a verdict), so comparing is comparing strings.
 """
 
 from __future__ import annotations
@@ -45,30 +46,30 @@ def _key(definition: SetDef, text: str) -> Any:
     return parts[0] if len(parts) == 1 else {"concat": parts}
 
 
-def _element(item: Item, with_comment: bool) -> Any:
+def _element(item: Item, whole: bool) -> Any:
+    """An element as JSON: with its comment and (in a map) its data if `whole`, else its key
+    alone, which is what a delete names."""
     _, set_name, key, data, comment = item
     definition = SETS[set_name]
     value = _key(definition, key)
-    if with_comment and comment:
+    if not whole:
+        return value
+    if comment:
         value = {"elem": {"val": value, "comment": comment}}
-    if definition.data and with_comment:
-        return [value, _component(data, definition.data)]
-    return value
+    return [value, _component(data, definition.data)] if definition.data else value
 
 
-def _elements(verb: str, items: Iterable[Item], with_comment: bool) -> list[Command]:
+def _elements(verb: str, items: Iterable[Item], whole: bool) -> list[Command]:
     """One command per set, in the order the sets first appear."""
     by_set: dict[str, list[Any]] = {}
     for item in items:
-        by_set.setdefault(item[1], []).append(_element(item, with_comment))
+        by_set.setdefault(item[1], []).append(_element(item, whole))
     return [{verb: {"element": _where(name=name, elem=elems)}} for name, elems in by_set.items()]
 
 
 def _set_command(name: str) -> Command:
     definition = SETS[name]
     body = _where(name=name, type=list(definition.key) if len(definition.key) > 1 else definition.key[0])
-    if definition.interval:
-        body["flags"] = ["interval"]
     if definition.data:
         body["map"] = definition.data
         return {"add": {"map": body}}
