@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.config.model import build_netconf
+from cni_bridge import process
 from cni_bridge.errors import INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
 from cni_bridge.firewall import backend_for, driver_for
 from cni_bridge.firewall.driver import Identity
@@ -75,7 +76,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
             (bindir / "nft").chmod(0o755)
         monkeypatch.setenv("PATH", str(bindir))
         monkeypatch.delenv(iptables.ENV_BACKEND, raising=False)
-        monkeypatch.setattr(iptables, "_FALLBACK_DIRS", ())
+        monkeypatch.setattr(process, "SYSTEM_DIRS", ())
         monkeypatch.setattr(iptables, "_cache", {})
         monkeypatch.setattr(nftables, "_cache", {})
     return make

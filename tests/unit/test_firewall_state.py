@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cni_bridge import process
 from cni_bridge.errors import FIREWALL_FAILURE, PORT_CONFLICT, CniError
 from cni_bridge.firewall.iptables import scheme, syntax
 from cni_bridge.firewall.iptables import tools as iptables
@@ -137,7 +138,7 @@ def test_backend_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_plain_tool_is_used_when_it_is_the_chosen_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bindir = _fake_tools(tmp_path, "xtables-legacy-multi")
-    monkeypatch.setattr(iptables, "SYSTEM_DIRS", ())
+    monkeypatch.setattr(process, "SYSTEM_DIRS", ())
     monkeypatch.setenv("PATH", bindir)
     monkeypatch.setattr(iptables, "_cache", {})
     monkeypatch.setenv(iptables.ENV_BACKEND, "legacy")
