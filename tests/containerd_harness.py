@@ -170,14 +170,25 @@ def entries_named(tokens: tuple[str, ...], dirs: tuple[str, ...] = OWN_DIRS + SH
 # --- reading the node ----------------------------------------------------------------------------
 
 def node_rules(node: Node, needle: str) -> list[str]:
-    """Lines of the node's iptables-save (both backends, both families) containing ``needle``."""
+    """Lines of the node's firewall containing ``needle``: iptables-save of both flavours and
+    families, and nft's ruleset (the nftables backend's elements carry the same comments)."""
     lines = []
     for tool in ("iptables-save", "ip6tables-save", "iptables-legacy-save", "ip6tables-legacy-save"):
         if shutil.which(tool, path=PATH) is None:
             continue
         out = node.sh(tool, check=False).stdout
         lines += [f"{tool}: {line}" for line in out.splitlines() if needle in line]
+    if shutil.which("nft", path=PATH) is not None:
+        out = node.sh("nft", "list", "ruleset", check=False).stdout
+        lines += [f"nft: {line.strip()}" for line in out.splitlines() if needle in line]
     return lines
+
+
+def nft_tables(node: Node) -> list[str]:
+    """The node's nftables tables (``nft list tables``), iptables-nft's own included."""
+    if shutil.which("nft", path=PATH) is None:
+        return []
+    return node.sh("nft", "list", "tables", check=False).stdout.split("\n")
 
 
 def records_naming(state_dir: str, cid: str) -> list[str]:

@@ -165,9 +165,10 @@ class CniNetwork:
 
 
 def cni_bridge_network(node: Node, chained: Sequence[dict[str, Any]] = (), v4: str = V4,  # noqa: F811
-                       v6: str = V6) -> CniNetwork:
+                       v6: str = V6, firewall_backend: str = "") -> CniNetwork:
     """The shipped conf/10-cni-bridge.conflist (cniVersion, cniVersions, ipMasq, hairpin,
-    capabilities) on test-owned names, subnets and directories, then ``chained`` plugins."""
+    capabilities) on test-owned names, subnets and directories, then ``chained`` plugins;
+    ``firewall_backend`` sets the plugin's firewallBackend."""
     tok = token(4)
     net = CniNetwork(name=f"cbt-cri-{tok}", bridge=f"cbtcr{tok}", data_dir=node.data_dir(),
                      state_dir=node.temp_dir(), log_file=os.path.join(node.temp_dir(), "cni-bridge.log"),
@@ -179,6 +180,8 @@ def cni_bridge_network(node: Node, chained: Sequence[dict[str, Any]] = (), v4: s
     conflist["name"] = net.name
     plugin.update(bridge=net.bridge, stateDir=net.state_dir, logFile=net.log_file, logLevel="info",
                   ipam={"type": "host-local", "dataDir": net.data_dir, "ranges": [[{"subnet": v4}], [{"subnet": v6}]]})
+    if firewall_backend:
+        plugin["firewallBackend"] = firewall_backend
     conflist["plugins"] += [dict(p) for p in chained]
     net.conflist = conflist
     return net

@@ -53,7 +53,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.network.naming import host_veth_name
-from tests.containerd_harness import guarded, node_rules, read_text
+from tests.containerd_harness import guarded, nft_tables, node_rules, read_text
 from tests.cri_harness import (INDEX, WEB_COMMAND, WGET, CniNetwork, CriContainerd, Pod, cni_bridge_network,
                                http_get, skip_reason, url)
 from tests.polling import wait_for
@@ -76,6 +76,12 @@ SAVERS = ("iptables-save", "ip6tables-save", "iptables-legacy-save", "ip6tables-
 def _default_backend() -> str:
     out = subprocess.run(["iptables", "-V"], capture_output=True, text=True, check=False).stdout
     return "legacy" if "legacy" in out else "nft"
+
+
+@pytest.fixture(params=["iptables", "nftables"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The plugin's firewallBackend: every CRI test runs on both."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -141,7 +147,7 @@ def assert_attached(node: Node, cri: CriContainerd, net: CniNetwork, pod: Pod) -
     link = node.link(veth)
     assert link is not None and link.get("master") == net.bridge, f"host veth {veth}: {link}"
     rules = node_rules(node, f"id={pod.id} if=eth0")
-    assert rules, f"no iptables rule names the pod {pod.id}"
+    assert rules, f"no firewall rule names the pod {pod.id}"
     assert state_files_naming(net.state_dir, pod.id), f"no stateDir record names {pod.id}"
     path = cri.cache_file(pod.id)
     assert os.path.isfile(path), f"libcni cached no result at {path}: {os.listdir(cri.cache_dir)}"
@@ -180,6 +186,7 @@ def assert_network_empty(node: Node, cri: CriContainerd, net: CniNetwork) -> Non
     record, no cache entry."""
     assert node_rules(node, "cni-bridge") == [], "rules of cni-bridge left after the last pod"
     assert "CNIBR-" not in _all_saves(node), "chains of cni-bridge left after the last pod"
+    assert "table inet cni-bridge" not in nft_tables(node), "the nftables table left after the last pod"
     assert [v for v in node.veths() if not v.startswith("up0")] == [], f"veths left: {node.veths()}"
     assert reservations(net.data_dir, net.name) == {}, reservations(net.data_dir, net.name)
     records = [os.path.join(top, f) for top, _, files in os.walk(net.state_dir) for f in files
@@ -218,8 +225,8 @@ def serving(cri: CriContainerd, node: Node, pod: Pod, address: str) -> str:  # n
 # --- the tests -----------------------------------------------------------------------------------
 
 def test_cri_pods_get_both_families_publish_a_host_port_reach_each_other_and_leave_nothing(
-        node: Node, lab: Lab, cri: CriContainerd) -> None:  # noqa: F811
-    net = cni_bridge_network(node)
+        node: Node, lab: Lab, cri: CriContainerd, backend: str) -> None:  # noqa: F811
+    net = cni_bridge_network(node, firewall_backend=backend)
     cri.start_with(net)
     web = assert_attached(node, cri, net, cri.run_pod("web", ports=[(HOST_PORT, 80)]))
     client = assert_attached(node, cri, net, cri.run_pod("client"))
@@ -261,8 +268,8 @@ def test_cri_pods_get_both_families_publish_a_host_port_reach_each_other_and_lea
 
 
 def test_cri_second_pod_on_a_taken_host_port_fails_with_code_110_and_leaves_nothing(
-        node: Node, lab: Lab, cri: CriContainerd) -> None:  # noqa: F811
-    net = cni_bridge_network(node)
+        node: Node, lab: Lab, cri: CriContainerd, backend: str) -> None:  # noqa: F811
+    net = cni_bridge_network(node, firewall_backend=backend)
     cri.start_with(net)
     first = assert_attached(node, cri, net, cri.run_pod("first", ports=[(HOST_PORT, 80)]))
     serving(cri, node, first.pod, first.v4)
@@ -296,8 +303,9 @@ def test_cri_second_pod_on_a_taken_host_port_fails_with_code_110_and_leaves_noth
 
 
 def test_cri_bandwidth_annotations_shape_the_pod_with_the_reference_bandwidth_plugin_chained(
-        node: Node, lab: Lab, cri: CriContainerd) -> None:  # noqa: F811
-    net = cni_bridge_network(node, chained=[{"type": "bandwidth", "capabilities": {"bandwidth": True}}])
+        node: Node, lab: Lab, cri: CriContainerd, backend: str) -> None:  # noqa: F811
+    net = cni_bridge_network(node, chained=[{"type": "bandwidth", "capabilities": {"bandwidth": True}}],
+                             firewall_backend=backend)
     cri.start_with(net)
     pod = cri.run_pod("shaped", ports=[(HOST_PORT, 80)], annotations={
         "kubernetes.io/ingress-bandwidth": INGRESS, "kubernetes.io/egress-bandwidth": EGRESS})

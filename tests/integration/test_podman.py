@@ -138,12 +138,16 @@ def http_get(ns: str, host: str, port: int, timeout: float = 3.0) -> tuple[bool,
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
 
-def iptables_savers() -> list[str]:
-    """Every *-save tool installed: the default backend (what the plugin uses) and both named ones."""
+NFT_VIEW = "nft list ruleset"
+
+
+def firewall_views() -> list[str]:
+    """Every way to list the node's firewall: each *-save tool installed (the default flavour,
+    what the iptables backend uses, and both named ones) and nft's ruleset (the nftables backend)."""
     names = ["iptables-save", "ip6tables-save"]
     for backend in ("nft", "legacy"):
         names += [f"iptables-{backend}-save", f"ip6tables-{backend}-save"]
-    return [name for name in names if shutil_which(name)]
+    return [name for name in names if shutil_which(name)] + ([NFT_VIEW] if shutil_which("nft") else [])
 
 
 def default_backend() -> str:
@@ -211,9 +215,10 @@ class Ctr:
 class Pod:
     """podman with the CNI backend, configured entirely from one temp dir, in the lab's node."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, backend: str) -> None:
         self.lab = lab
         self.node = lab.node
+        self.backend = backend  # the plugin's firewallBackend
         tok = token(4)
         self.net = f"cbt-pod-{tok}"
         self.bridge = f"cbtpd{tok}"  # 13 bytes
@@ -242,6 +247,7 @@ class Pod:
         plugin = self.conflist["plugins"][0]
         assert plugin["type"] == "cni-bridge" and plugin["ipMasq"] and plugin["capabilities"]["portMappings"]
         plugin.update(bridge=self.bridge, isGateway=True, isDefaultGateway=True, stateDir=self.state_dir,
+                      firewallBackend=self.backend,
                       ipam={"type": "host-local", "dataDir": self.data_dir,
                             "ranges": [[{"subnet": V4}], [{"subnet": V6}]]})
         with open(os.path.join(self.dirs["conf"], f"{self.net}.conflist"), "w", encoding="utf-8") as handle:
@@ -316,13 +322,18 @@ class Pod:
 
     # --- reading the node -----------------------------------------------------------
 
-    def save(self, saver: str) -> str:
-        return self.node.sh(saver, check=False).stdout
+    def save(self, view: str) -> str:
+        return self.node.sh(*view.split(), check=False).stdout
+
+    @property
+    def rule_views(self) -> tuple[str, ...]:
+        """Where the plugin's rules show: both iptables families, or nft's ruleset."""
+        return ("iptables-save", "ip6tables-save") if self.backend == "iptables" else (NFT_VIEW,)
 
     def rules_of(self, needle_id: str) -> dict[str, list[str]]:
         """Lines of each *-save in the node carrying the attachment comment of a container."""
         return {saver: [line for line in self.save(saver).splitlines() if f"id={needle_id}" in line]
-                for saver in iptables_savers()}
+                for saver in firewall_views()}
 
     def state_files_mentioning(self, text: str) -> list[str]:
         found = []
@@ -446,8 +457,8 @@ def _unmount_under(root: str) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
-@pytest.fixture(scope="module")
-def pod() -> Iterator[Pod]:
+@pytest.fixture(scope="module", params=["iptables", "nftables"])
+def pod(request: pytest.FixtureRequest) -> Iterator[Pod]:
     """The node, its outside host, the podman environment and the cni-bridge network; afterwards
     every container, process, mount, cgroup and file of it is removed, also on failure. The
     finalizer then checks that the network's last container took every rule with it."""
@@ -460,13 +471,13 @@ def pod() -> Iterator[Pod]:
     try:
         subreaper = set_child_subreaper(True)
         lab = Lab(node, default_backend())
-        pod = Pod(lab)
+        pod = Pod(lab, str(request.param))
         yield pod
         for name in reversed(pod.created):
             pod.podman("rm", "-f", "-t", "0", "--ignore", name, check=False)
         for ctr in pod.started:
             problems += pod.leftovers(ctr)
-        for saver in iptables_savers():
+        for saver in firewall_views():
             left = [line for line in pod.save(saver).splitlines() if "cni-bridge" in line or "CNIBR-" in line]
             if left:
                 problems.append(f"{saver} after the last container of the network:\n  " + "\n  ".join(left))
@@ -546,9 +557,9 @@ def test_the_running_container_is_attached_as_the_result_says(pod: Pod, web: Ctr
     assert link is not None and link.get("master") == pod.bridge, pod.describe()
     assert f"{GW4}/24" in pod.node.addrs(pod.bridge) and f"{GW6}/64" in pod.node.addrs(pod.bridge)
     # Rules carrying its comment, in both families (masquerade, published port).
-    default = {saver: lines for saver, lines in web.rules.items() if saver in ("iptables-save", "ip6tables-save")}
-    assert all(default.values()) and len(default) == 2, f"no rules with id={web.cid}:\n{pod.describe()}"
-    assert web.chains, web.rules
+    default = {saver: lines for saver, lines in web.rules.items() if saver in pod.rule_views}
+    assert all(default.values()) and len(default) == len(pod.rule_views), f"no rules with id={web.cid}:\n{pod.describe()}"
+    assert web.chains or pod.backend == "nftables", web.rules
     # libcni's cache on the real host, and the netns bind mount podman made.
     assert os.path.exists(pod.cache_file(web.cid))
     assert web.netns.startswith("/run/netns/") and os.path.exists(web.netns)
@@ -597,7 +608,7 @@ def test_published_port_answers_a_container_on_the_bridge_hairpin(pod: Pod, web:
 def test_rm_f_removes_every_trace_of_the_container(pod: Pod) -> None:
     ctr = pod.start(f"{pod.prefix}-gone", "/bin/httpd", "-f", "-p", "80", "-h", "/www",
                     options=("-p", f"{RM_PORT}:80"))
-    assert all(ctr.rules.get(s) for s in ("iptables-save", "ip6tables-save")), pod.describe()
+    assert all(ctr.rules.get(s) for s in pod.rule_views), pod.describe()
     assert ctr.veth in pod.node.link_names() and pod.reservation_of(ctr.cid)
     assert pod.state_files_mentioning(ctr.cid) and os.path.exists(pod.cache_file(ctr.cid))
     pod.podman("rm", "-f", "-t", "0", ctr.name)
@@ -612,7 +623,7 @@ def test_conmon_cleanup_of_a_killed_rm_container_removes_every_trace(pod: Pod) -
     --rm`` on its own, in the node namespace; the test only waits for it."""
     ctr = pod.start(f"{pod.prefix}-kill", "/bin/httpd", "-f", "-p", "80", "-h", "/www",
                     options=("--rm", "-p", f"{KILL_PORT}:80"))
-    assert all(ctr.rules.get(s) for s in ("iptables-save", "ip6tables-save")), pod.describe()
+    assert all(ctr.rules.get(s) for s in pod.rule_views), pod.describe()
     pod.podman("kill", "-s", "KILL", ctr.name)
     def removed() -> tuple[bool, str]:
         proc = pod.podman("container", "exists", ctr.name, check=False)
