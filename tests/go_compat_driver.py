@@ -395,9 +395,11 @@ def run_job(job: Job) -> dict[str, Any]:
 
 
 def hide_host_cni_store() -> None:
-    """A tmpfs over /var/lib/cni in this mount namespace (over /var/lib if it does not exist)."""
-    target = "/var/lib/cni" if os.path.isdir("/var/lib/cni") else "/var/lib"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "cbt-go-compat", target],
+    """A tmpfs over /var/lib in this mount namespace, so a case without a dataDir of its own
+    writes the default store there, never on the host. Over /var/lib, not /var/lib/cni: another
+    test removing the host's /var/lib/cni (podman's cache) would detach a mount on it in every
+    namespace, and the plugins would then write the host's /var/lib/cni after all."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "cbt-go-compat", "/var/lib"],
                    check=True, capture_output=True)
 
 
