@@ -27,6 +27,7 @@ usage: {PLUGIN_NAME} add|check|del [-i IFNAME] [--container-id ID] NETNAME NETNS
        {PLUGIN_NAME} gc NETNAME
        {PLUGIN_NAME} status NETNAME
        {PLUGIN_NAME} install-cni [options]    (see {PLUGIN_NAME} install-cni --help)
+       {PLUGIN_NAME} prune-bundles [CACHE_DIR] (see {PLUGIN_NAME} prune-bundles --help)
        {PLUGIN_NAME} --help | --version
 
 Without arguments, and with CNI_COMMAND in the environment, {PLUGIN_NAME} is a CNI plugin:
@@ -206,6 +207,9 @@ def run(argv: list[str], environ: dict[str, str]) -> int:
     if argv[0] == "install-cni":
         from ..install_cni import run as install_cni
         return install_cni(argv[1:], environ)
+    if argv[0] == "prune-bundles":
+        from ..onefile import run_prune
+        return run_prune(argv[1:], environ)
     try:
         if argv[0] not in COMMANDS:
             raise UsageError(f"unknown command {argv[0]!r}")
