@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # cni-bridge build entry point. Run as root on Debian 12.
-#   ./build.sh          build dist/cni-bridge (installs what the build needs)
+#   ./build.sh          build dist/cni-bridge, one executable file (installs what the build needs)
 #   ./build.sh test     build, then run the whole test suite (installs what the tests need)
 #   ./build.sh bench [--runs N] [--crowd N] [--cases KEYS]   build, then time ADD/DEL through libcni
 #                       (a Go client), cni-bridge on each firewall backend next to the reference plugins
@@ -66,12 +66,17 @@ build() {
     if [ -x dist/cni-bridge.d/cni-bridge ] && [ -z "$newest" ]; then
         log "dist/cni-bridge is up to date"
     else
-        log "building dist/cni-bridge with PyInstaller (one-folder bundle)"
+        log "building dist/cni-bridge.d with PyInstaller (one-folder bundle)"
         $VENV/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller cni-bridge.spec
     fi
-    # Runtimes look for an executable named after the plugin type: a symlink into the bundle.
-    ln -sfn cni-bridge.d/cni-bridge dist/cni-bridge
-    log "built $(readlink -f dist/cni-bridge)"
+    # The plugin is one file that works wherever it is copied: cni_bridge/launcher.sh followed
+    # by the bundle as a tar archive, extracted once per build and host (cni_bridge/onefile.py).
+    if [ -L dist/cni-bridge ] || [ ! -f dist/cni-bridge ] || [ dist/cni-bridge.d/cni-bridge -nt dist/cni-bridge ] ||
+            [ cni_bridge/launcher.sh -nt dist/cni-bridge ] || [ cni_bridge/onefile.py -nt dist/cni-bridge ]; then
+        log "packing dist/cni-bridge: the launcher and the bundle in one file"
+        $VENV/bin/python -m cni_bridge.onefile pack dist/cni-bridge.d dist/cni-bridge >&2
+    fi
+    log "built dist/cni-bridge"
 }
 
 # Debian's golang-*-dev packages put Go sources under /usr/share/gocode/src and no module
@@ -104,10 +109,9 @@ run_tests() {
 
 # --- install ----------------------------------------------------------------------------
 # CNI_BIN_DIR and CNI_CONF_DIR choose the two directories; --prefix DIR puts both under DIR
-# (for staging a package root). The executable is a one-folder bundle: it goes next to the
-# plugins as cni-bridge-<content hash>.d/, and BIN_DIR/cni-bridge is a symlink into it,
-# swapped atomically so a runtime calling the plugin during an upgrade never finds it missing
-# (done by the built executable's own `install-cni --executable-only`).
+# (for staging a package root). The executable is one file: it is copied into BIN_DIR under a
+# temp name and renamed to cni-bridge, so a runtime calling the plugin during an upgrade never
+# finds it missing or half copied (done by the built bundle's own `install-cni --executable-only`).
 
 SHIPPED_CONFLIST=conf/10-cni-bridge.conflist
 
@@ -128,10 +132,11 @@ install_dirs() {
 install_plugin() {
     install_dirs "$@"
     mkdir -p "$CONF_DIR"
-    # The placement the Kubernetes DaemonSet does too (cni_bridge/install_cni.py): the bundle
-    # copied as cni-bridge-<content hash>.d/, the symlink swapped by rename, the previous
-    # bundle kept, older ones removed, a cni-bridge that is not our symlink refused.
-    dist/cni-bridge install-cni --executable-only --bin-dir "$BIN_DIR" --watch 0 >&2
+    # The placement the Kubernetes DaemonSet does too (cni_bridge/install_cni.py): a copy under
+    # a temp name renamed over cni-bridge, a cni-bridge that is not ours refused. Run from the
+    # bundle itself, so installing extracts nothing into this host's bundle cache.
+    dist/cni-bridge.d/cni-bridge install-cni --executable-only --executable dist/cni-bridge \
+        --bin-dir "$BIN_DIR" --watch 0 >&2
     if [ ! -e "$INSTALLED_CONFLIST" ]; then
         install -m 0644 $SHIPPED_CONFLIST "$INSTALLED_CONFLIST"
         log "installed $INSTALLED_CONFLIST"
@@ -144,7 +149,9 @@ install_plugin() {
 
 uninstall_plugin() {
     install_dirs "$@"
-    if [ -L "$BIN_DIR/cni-bridge" ]; then
+    # Ours: the single file (its launcher's signature line), or an older install's symlink.
+    if [ -L "$BIN_DIR/cni-bridge" ] || { [ -f "$BIN_DIR/cni-bridge" ] &&
+            head -n 2 "$BIN_DIR/cni-bridge" | grep -q '^# cni-bridge launcher, '; }; then
         rm -f "$BIN_DIR/cni-bridge"
         log "removed $BIN_DIR/cni-bridge"
     fi

@@ -4,10 +4,10 @@ Run by the DaemonSet of deploy/cni-bridge.yaml on every node, with the host's CN
 mounted, and by ``./build.sh install`` for the executable alone. Two things, each atomic, each
 left alone when it is already right:
 
-- the executable: the running one-folder bundle is copied next to the plugins as
-  ``cni-bridge-<content hash>.d/`` (under a temp name, then renamed), and the symlink
-  ``cni-bridge`` is swapped into it with rename(2), so a runtime starting the plugin during an
-  upgrade finds either the old or the new plugin, never none and never half a copy;
+- the executable: the single file (``dist/cni-bridge``: the launcher and the bundle, see
+  onefile.py) is copied next to the plugins under a temp name, synced, and renamed over
+  ``cni-bridge`` with rename(2), so a runtime starting the plugin during an upgrade finds
+  either the old or the new plugin, never none and never half a copy;
 - the network list for the node's pod CIDRs: a temp file in the same directory, fsynced, renamed.
 
 Never imported on the plugin's path: only ``cni-bridge install-cni`` loads it.
@@ -16,7 +16,6 @@ Never imported on the plugin's path: only ``cni-bridge install-cni`` loads it.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import http.client
 import ipaddress
 import json
@@ -25,13 +24,12 @@ import os
 import shutil
 import signal
 import ssl
-import stat
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from . import PLUGIN_NAME
+from . import PLUGIN_NAME, onefile
 from .environment import SAFE_NAME
 from .errors import CniError
 from .main import load_netconf
@@ -39,7 +37,6 @@ from .records import record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from typing import Any
 
     Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -55,9 +52,10 @@ DEFAULT_IPAM_DATA_DIR = "/var/lib/cni/networks"
 # pick the newest of cniVersions, and with 1.1.0 get GC and STATUS.
 CNI_VERSION = "1.0.0"
 CNI_VERSIONS = ["1.0.0", "1.1.0"]
-BUNDLE_PREFIX = f"{PLUGIN_NAME}-"
-BUNDLE_SUFFIX = ".d"
-DIGEST_LENGTH = 12
+# The layout before the single file: bundles as cni-bridge-<hash>.d/ and a symlink into one.
+OLD_BUNDLE_PREFIX = f"{PLUGIN_NAME}-"
+OLD_BUNDLE_SUFFIX = ".d"
+COPY_CHUNK = 1 << 20
 API_TIMEOUT_SECONDS = 10.0
 # How soon a failed run is retried in watch mode (sooner than the interval: a new node waits
 # for its pod CIDR, and every second without a network list is a second the node is NotReady).
@@ -107,13 +105,15 @@ the network list
 
 the executable
   --bin-dir DIR               $CNI_BIN_DIR        default {DEFAULT_BIN_DIR}
-  --bundle DIR
-        the one-folder bundle to install (default: the one this executable runs from).
-        It is copied into the plugin directory as {BUNDLE_PREFIX}<content hash>{BUNDLE_SUFFIX}/, and
-        {PLUGIN_NAME} there becomes a relative symlink into it, replaced by rename. The bundle
-        the symlink pointed to before is kept (a plugin started from it may still be loading
-        files), older ones are removed. A {PLUGIN_NAME} there that is not a symlink is never
-        replaced.
+  --executable FILE
+        the single-file executable to install (default: the one this was started as, else
+        {PLUGIN_NAME} beside the bundle directory this runs from, as dist/{PLUGIN_NAME} is
+        beside dist/{PLUGIN_NAME}.d). It is copied into the plugin directory under a temp name,
+        synced, and renamed to {PLUGIN_NAME}; plugins already running are not disturbed (they
+        run from their extraction in the bundle cache). A {PLUGIN_NAME} there that is neither
+        such a file nor the symlink of an older install is never replaced; an older install's
+        bundle directories ({OLD_BUNDLE_PREFIX}<hash>{OLD_BUNDLE_SUFFIX}/) are removed, the one its symlink pointed
+        to only at the next upgrade (a plugin started from it may still be loading files).
   --executable-only
         install the executable only; no network list, no CIDRs needed.
 
@@ -151,7 +151,7 @@ class Settings:
     network_name: str
     bridge: str
     mtu: int | None
-    bundle: str
+    executable: str
     executable_only: bool
     watch: float
 
@@ -169,7 +169,7 @@ _OPTIONS = {
     "--network-name": ("network_name", "CNI_NETWORK_NAME"),
     "--bridge": ("bridge", "CNI_BRIDGE_NAME"),
     "--mtu": ("mtu", "CNI_MTU"),
-    "--bundle": ("bundle", ""),
+    "--executable": ("executable", ""),
     "--watch": ("watch", "INSTALL_CNI_WATCH"),
 }
 _LISTS = ("pod_cidrs", "cluster_cidrs")
@@ -241,7 +241,7 @@ def parse_settings(argv: list[str], environ: dict[str, str]) -> Settings:
         service_account_dir=one("service_account_dir", DEFAULT_SERVICE_ACCOUNT_DIR),
         bin_dir=one("bin_dir", DEFAULT_BIN_DIR), conf_dir=one("conf_dir", DEFAULT_CONF_DIR),
         conf_name=one("conf_name", DEFAULT_CONF_NAME), network_name=one("network_name", DEFAULT_NETWORK_NAME),
-        bridge=one("bridge", DEFAULT_BRIDGE), mtu=mtu, bundle=one("bundle", ""),
+        bridge=one("bridge", DEFAULT_BRIDGE), mtu=mtu, executable=one("executable", ""),
         executable_only="executable_only" in switches, watch=watch)
 
 
@@ -407,110 +407,113 @@ def configs_sorting_first(conf_dir: str, conf_name: str) -> list[str]:
 
 # --- the executable -------------------------------------------------------------------------
 
-def running_bundle() -> str:
-    """The one-folder bundle this process runs from (PyInstaller: sys.executable is its
-    executable, with symlinks resolved; sys._MEIPASS its _internal directory)."""
-    if not getattr(sys, "frozen", False):
-        raise InputError(f"not running from a built bundle: give --bundle DIR (e.g. dist/{PLUGIN_NAME}.d)")
-    return os.path.dirname(os.path.realpath(sys.executable))
+def running_executable(environ: dict[str, str]) -> str:
+    """The single file this process was started as: the launcher says so for install-cni; a
+    bundle run directly (as in the DaemonSet's image) looks beside its own directory."""
+    started_as = environ.get(onefile.LAUNCHER_VARIABLE, "")
+    if started_as:
+        return os.path.abspath(started_as)
+    if getattr(sys, "frozen", False):
+        bundle_dir = os.path.dirname(os.path.realpath(sys.executable))
+        beside = os.path.join(os.path.dirname(bundle_dir), PLUGIN_NAME)
+        if onefile.read_header(beside) is not None:
+            return beside
+    raise InputError(f"not started as the {PLUGIN_NAME} single file: give --executable FILE (e.g. dist/{PLUGIN_NAME})")
 
 
-def _tree(directory: str) -> Iterator[str]:
-    """Every entry below directory, as a relative path; symlinks are not followed."""
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            yield os.path.relpath(os.path.join(root, name), directory)
+def _old_bundle_of(link: str) -> str:
+    """The bundle directory an older install's symlink points into ('' if it is no such symlink)."""
+    head = os.readlink(link).split("/")[0]
+    return head if head.startswith(OLD_BUNDLE_PREFIX) and head.endswith(OLD_BUNDLE_SUFFIX) else ""
 
 
-def bundle_digest(directory: str) -> str:
-    """A hash of names, kinds, executable bits, link targets and contents: equal bundles,
-    equal names, so a bundle already in place is recognised and never copied twice."""
-    digest = hashlib.sha256()
-    for relative in sorted(_tree(directory), key=os.fsencode):
-        path = os.path.join(directory, relative)
-        mode = os.lstat(path).st_mode
-        name = os.fsencode(relative)
-        if stat.S_ISLNK(mode):
-            digest.update(b"L\0" + name + b"\0" + os.fsencode(os.readlink(path)) + b"\0")
-        elif stat.S_ISDIR(mode):
-            digest.update(b"D\0" + name + b"\0")
-        else:
-            with open(path, "rb") as handle:
-                content = hashlib.file_digest(handle, "sha256").digest()
-            digest.update(b"F\0" + name + b"\0" + (b"x" if mode & 0o111 else b"-") + content)
-    return digest.hexdigest()[:DIGEST_LENGTH]
+def _installed(path: str) -> tuple[onefile.Header | None, str]:
+    """What is installed at path: the header of our single file, or the bundle directory of an
+    older install's symlink; refuses anything else: someone else's executable is never replaced."""
+    if not os.path.lexists(path):
+        return None, ""
+    if os.path.islink(path):
+        old_bundle = _old_bundle_of(path)
+        if old_bundle:
+            return None, old_bundle
+    elif os.path.isfile(path):
+        header = onefile.read_header(path)
+        if header is not None:
+            return header, ""
+    raise InstallError(f"{path} exists and is not ours (not a {PLUGIN_NAME} single file); not touching it")
+
+
+def _same_file_content(first: str, second: str) -> bool:
+    if os.path.getsize(first) != os.path.getsize(second):
+        return False
+    with open(first, "rb") as a, open(second, "rb") as b:
+        while True:
+            chunk = a.read(COPY_CHUNK)
+            if chunk != b.read(COPY_CHUNK):
+                return False
+            if not chunk:
+                return True
 
 
 def _copy_synced(source: str, destination: str) -> None:
-    """A full copy that is on disk before it gets its real name: after a power cut the bundle
-    is there whole or not at all."""
-    shutil.copytree(source, destination, symlinks=True)
-    for root, _dirs, files in os.walk(destination):
-        for name in files:
-            path = os.path.join(root, name)
-            if not os.path.islink(path):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """A full copy, mode 0755 whatever the umask, on disk before it gets its real name: after a
+    power cut the plugin is the old one or the new one, whole."""
+    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o755)
+    try:
+        os.fchmod(fd, 0o755)
+        with open(source, "rb") as handle:
+            while chunk := handle.read(COPY_CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(destination)
+        raise
+    os.close(fd)
 
 
-def _bundle_of(link: str) -> str:
-    """The bundle directory the plugin symlink points into ('' if none); refuses a plugin
-    that is not such a symlink: someone else's executable is never replaced."""
-    if not os.path.lexists(link):
-        return ""
-    if not os.path.islink(link):
-        raise InstallError(f"{link} exists and is not ours (not a symlink into a bundle); not touching it")
-    head = os.readlink(link).split("/")[0]
-    return head if head.startswith(BUNDLE_PREFIX) and head.endswith(BUNDLE_SUFFIX) else ""
+def _remove_old_bundles(bin_dir: str, keep: str) -> list[str]:
+    removed = []
+    for entry in sorted(os.listdir(bin_dir)):
+        path = os.path.join(bin_dir, entry)
+        if (entry.startswith(OLD_BUNDLE_PREFIX) and entry.endswith(OLD_BUNDLE_SUFFIX) and entry != keep
+                and os.path.isdir(path) and not os.path.islink(path)):
+            shutil.rmtree(path)
+            removed.append(entry)
+    return removed
 
 
-def place_bundle(source: str, bin_dir: str) -> str:
-    """Put the bundle `source` into bin_dir as the plugin; returns what was done, one line.
+def place_executable(source: str, bin_dir: str) -> str:
+    """Put the single file `source` into bin_dir as the plugin; returns what was done, one line.
 
-    Content-addressed copy under a temp name, rename; relative symlink under a temp name,
-    rename over the plugin's name. Keeps the bundle the symlink pointed to before, removes
-    older ones. Installers on one host take turns (a lock on bin_dir).
+    A copy under a temp name, synced, renamed over the plugin's name; nothing when the same
+    bytes are there already. Installers on one host take turns (a lock on bin_dir).
     """
-    if not os.access(os.path.join(source, PLUGIN_NAME), os.X_OK):
-        raise InputError(f"{source} is not a {PLUGIN_NAME} bundle: it has no executable {PLUGIN_NAME}")
-    wanted = f"{BUNDLE_PREFIX}{bundle_digest(source)}{BUNDLE_SUFFIX}"
-    target = f"{wanted}/{PLUGIN_NAME}"
-    link = os.path.join(bin_dir, PLUGIN_NAME)
+    header = onefile.read_header(source)
+    if header is None:
+        raise InputError(f"{source} is not a {PLUGIN_NAME} single file (./build.sh builds one as dist/{PLUGIN_NAME})")
+    target = os.path.join(bin_dir, PLUGIN_NAME)
     os.makedirs(bin_dir, exist_ok=True)
     with _DirectoryLock(bin_dir) as dir_fd:
         _remove_stale_temporaries(bin_dir, f".{PLUGIN_NAME}")
-        previous = _bundle_of(link)
-        copied = False
-        if not os.path.isdir(os.path.join(bin_dir, wanted)):
-            temp = os.path.join(bin_dir, f".{wanted}.tmp")
-            _copy_synced(source, temp)
-            os.rename(temp, os.path.join(bin_dir, wanted))
-            copied = True
-        if os.path.islink(link) and os.readlink(link) == target:
-            if not copied:
-                return f"{link}: unchanged ({wanted})"
-            os.fsync(dir_fd)
-            return f"{link}: copied {wanted} again (the symlink pointed to it, but it was missing)"
-        os.symlink(target, os.path.join(bin_dir, f".{PLUGIN_NAME}.tmp"))
-        os.rename(os.path.join(bin_dir, f".{PLUGIN_NAME}.tmp"), link)
-        removed = []
-        for entry in sorted(os.listdir(bin_dir)):
-            if (entry.startswith(BUNDLE_PREFIX) and entry.endswith(BUNDLE_SUFFIX)
-                    and entry not in (wanted, previous) and os.path.isdir(os.path.join(bin_dir, entry))):
-                shutil.rmtree(os.path.join(bin_dir, entry))
-                removed.append(entry)
+        current, old_bundle = _installed(target)
+        if (current is not None and os.stat(target).st_mode & 0o777 == 0o755
+                and _same_file_content(source, target)):
+            return f"{target}: unchanged ({header.bundle_name})"
+        temp = os.path.join(bin_dir, f".{PLUGIN_NAME}.tmp")
+        _copy_synced(source, temp)
+        os.rename(temp, target)
+        # The symlink's bundle stays until the next upgrade: plugins started through the
+        # symlink just before may still be loading files from it.
+        removed = _remove_old_bundles(bin_dir, keep=old_bundle)
         os.fsync(dir_fd)
-    done = f"{link}: installed {wanted}"
-    if previous and previous != wanted:
-        done += f" (kept the previous {previous})"
+    done = f"{target}: installed {header.bundle_name}"
+    if current is not None and current.bundle_name != header.bundle_name:
+        done += f" (replaced {current.bundle_name})"
+    elif old_bundle:
+        done += f" (replaced the symlink into {old_bundle}, kept until the next upgrade)"
     return done + (f"; removed {', '.join(removed)}" if removed else "")
 
 
@@ -614,8 +617,8 @@ def resolve_pod_cidrs(settings: Settings, environ: dict[str, str]) -> tuple[tupl
 
 @record(frozen=True)
 class Plan:
-    """What a run installs, settled once: the bundle to place, where, and the list to write."""
-    bundle: str
+    """What a run installs, settled once: the executable to place, where, and the list to write."""
+    executable: str
     bin_dir: str
     list_path: str  # "" with --executable-only
     list_content: bytes
@@ -623,9 +626,9 @@ class Plan:
 
 
 def make_plan(settings: Settings, environ: dict[str, str]) -> Plan:
-    bundle = settings.bundle or running_bundle()
+    executable = settings.executable or running_executable(environ)
     if settings.executable_only:
-        return Plan(bundle, settings.bin_dir, "", b"", "")
+        return Plan(executable, settings.bin_dir, "", b"", "")
     check_settings(settings)
     clusters = parse_cidrs(settings.cluster_cidrs, "cluster CIDR")
     if not clusters:
@@ -637,12 +640,12 @@ def make_plan(settings: Settings, environ: dict[str, str]) -> Plan:
     doc = network_list(settings, pods, clusters)
     check_with_plugin(doc)
     summary = f"network {settings.network_name}, pod CIDRs {', '.join(map(str, pods))} from {pod_items[0][1]}"
-    return Plan(bundle, settings.bin_dir, os.path.join(settings.conf_dir, settings.conf_name), render(doc), summary)
+    return Plan(executable, settings.bin_dir, os.path.join(settings.conf_dir, settings.conf_name), render(doc), summary)
 
 
 def install(plan: Plan) -> list[str]:
     """One pass; returns what it did, one line per thing. Changes nothing when all is in place."""
-    lines = [place_bundle(plan.bundle, plan.bin_dir)]
+    lines = [place_executable(plan.executable, plan.bin_dir)]
     if plan.list_path:
         outcome = write_atomically(plan.list_path, plan.list_content)
         lines.append(f"{plan.list_path}: {outcome}" + ("" if outcome == "unchanged" else f" ({plan.summary})"))

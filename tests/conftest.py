@@ -34,6 +34,8 @@ def _host_snapshot() -> dict[str, str]:
         # Where runtimes and the runner keep plugins, network lists and cached results.
         **{path: "\n".join(sorted(os.listdir(path))) if os.path.isdir(path) else "absent"
            for path in ("/opt/cni/bin", "/etc/cni/net.d", "/var/lib/cni", "/var/lib/cni/results")},
+        # The single file's bundle cache: tests run copies that extract elsewhere.
+        "/var/lib/cni-bridge": str(os.path.exists("/var/lib/cni-bridge")),
     }
 
 

@@ -17,6 +17,8 @@ HOST_PORT=8080
 ID=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
 HOST=cbdemo-$ID-host; LAN=cbdemo-$ID-lan; CTR=cbdemo-$ID-ctr
 WORK=$(mktemp -d /tmp/cni-bridge-demo.XXXXXX)
+# The single file extracts its bundle on its first start: here into $WORK, removed on exit.
+export CNI_BRIDGE_CACHE_DIR=${CNI_BRIDGE_CACHE_DIR:-$WORK/bundles}
 SERVER_PID=""
 
 cleanup() {

@@ -5,7 +5,9 @@ runs inside it with ``ip netns exec``, so its bridge and host veths never touch 
 real host), plus container namespaces made on demand. The ``node`` fixture deletes
 all of them, and every temp dir it handed out, when the test ends, also on failure.
 
-The executable is ``$CNI_BRIDGE_BIN`` or ``dist/cni-bridge`` (``./build.sh`` builds it).
+The executable is ``$CNI_BRIDGE_BIN`` or ``dist/cni-bridge`` (``./build.sh`` builds it); the
+tests run a copy of it that extracts its bundle into a temp dir of the session, never into
+the host's bundle cache (tests/onefile_builds.py).
 Import the fixtures into a test module with ``from tests.plugin import node  # noqa: F401``.
 """
 
@@ -25,9 +27,11 @@ import pytest
 
 from cni_bridge.network.naming import host_veth_name
 from tests import nstools
+from tests.onefile_builds import session_executable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("CNI_BRIDGE_BIN") or os.path.join(REPO, "dist", "cni-bridge")
+BUILT = os.environ.get("CNI_BRIDGE_BIN") or os.path.join(REPO, "dist", "cni-bridge")
+BIN = session_executable(BUILT)
 REF_DIR = "/usr/lib/cni"
 REF_HOST_LOCAL = os.path.join(REF_DIR, "host-local")
 REF_STATIC = os.path.join(REF_DIR, "static")

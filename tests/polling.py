@@ -18,3 +18,13 @@ def wait_for(what: str, attempt: Callable[[], tuple[bool, str]], timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last attempt: {text}")
         time.sleep(interval)
+
+
+def blocked_reading_stdin(pid: int) -> tuple[bool, str]:
+    """For wait_for: whether process pid waits in read(2) on a pipe (a plugin waiting for its config)."""
+    with open(f"/proc/{pid}/wchan", encoding="utf-8") as handle:
+        wchan = handle.read()
+    with open(f"/proc/{pid}/syscall", encoding="utf-8") as handle:
+        syscall = handle.read()
+    # wchan is "pipe_read" or "anon_pipe_read" by kernel version; read(0, ...) on x86-64 is "0 0x0 ".
+    return "pipe_read" in wchan or syscall.startswith("0 0x0 "), f"wchan={wchan} syscall={syscall[:40]}"

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-BIN = os.environ.get("CNI_BRIDGE_BIN", "/work/main/dist/cni-bridge")
+from tests.plugin import BIN  # a copy of $CNI_BRIDGE_BIN or dist/cni-bridge with its own bundle cache
+
 if not (os.path.isfile(BIN) and os.access(BIN, os.X_OK)):
     pytest.skip(f"cni-bridge executable {BIN} not found: run ./build.sh or set CNI_BRIDGE_BIN",
                 allow_module_level=True)

@@ -17,9 +17,9 @@ from cni_bridge.main import load_netconf
 from cni_bridge.result import parse_result, render_result
 
 from . import nstools
+from .plugin import BIN as EXECUTABLE  # a copy of $CNI_BRIDGE_BIN or dist/cni-bridge with its own bundle cache
 
 FIXTURES = Path(__file__).resolve().parent.parent / "spec-fixtures"
-EXECUTABLE = os.environ.get("CNI_BRIDGE_BIN", str(Path(__file__).resolve().parent.parent / "dist" / "cni-bridge"))
 
 
 def _fixtures(kind: str) -> list[Any]:

@@ -1,4 +1,5 @@
-"""`./build.sh install` and `uninstall`, into test-owned directories (--prefix and the environment)."""
+"""`./build.sh install` and `uninstall`, into test-owned directories (--prefix and the environment).
+The installed plugin extracts its bundle into a test-owned cache (CNI_BRIDGE_CACHE_DIR)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests.plugin import REPO, requires_plugin
 pytestmark = [pytest.mark.integration, requires_plugin]
 
 SHIPPED = os.path.join(REPO, "conf", "10-cni-bridge.conflist")
+BUILT = os.path.join(REPO, "dist", "cni-bridge")  # what build.sh installs
 
 
 @pytest.fixture
@@ -33,10 +35,15 @@ def build_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
                           capture_output=True, text=True, timeout=600, check=False)
 
 
-def version_of(executable: str) -> dict[str, object]:
-    out = subprocess.run([executable], input="{}", env={"CNI_COMMAND": "VERSION"}, capture_output=True,
-                         text=True, check=True).stdout
+def version_of(executable: str, cache_dir: str) -> dict[str, object]:
+    out = subprocess.run([executable], input="{}", env={"CNI_COMMAND": "VERSION", "CNI_BRIDGE_CACHE_DIR": cache_dir},
+                         capture_output=True, text=True, check=True).stdout
     return json.loads(out)  # type: ignore[no-any-return]
+
+
+def same_bytes(first: str, second: str) -> bool:
+    with open(first, "rb") as a, open(second, "rb") as b:
+        return a.read() == b.read()
 
 
 def test_install_with_prefix_then_uninstall(prefix: str) -> None:
@@ -44,16 +51,16 @@ def test_install_with_prefix_then_uninstall(prefix: str) -> None:
     assert r.returncode == 0, r.stderr
     bin_dir, conf_dir = f"{prefix}/opt/cni/bin", f"{prefix}/etc/cni/net.d"
     plugin = os.path.join(bin_dir, "cni-bridge")
-    assert os.path.islink(plugin) and not os.path.isabs(os.readlink(plugin))  # the directory can be moved
-    assert "1.1.0" in version_of(plugin)["supportedVersions"]  # type: ignore[operator]
+    # One regular file, the built one: it works wherever the directory is moved or copied.
+    assert os.listdir(bin_dir) == ["cni-bridge"] and not os.path.islink(plugin) and same_bytes(plugin, BUILT)
+    assert "1.1.0" in version_of(plugin, os.path.join(prefix, "cache"))["supportedVersions"]  # type: ignore[operator]
     with open(SHIPPED, "rb") as a, open(os.path.join(conf_dir, "10-cni-bridge.conflist"), "rb") as b:
         assert a.read() == b.read()
-    bundles = [d for d in os.listdir(bin_dir) if d.startswith("cni-bridge-")]
-    assert len(bundles) == 1 and os.readlink(plugin).startswith(bundles[0] + "/")
 
+    inode = os.stat(plugin).st_ino
     again = build_sh("install", "--prefix", prefix)  # idempotent
-    assert again.returncode == 0 and "already the shipped one" in again.stderr
-    assert len([d for d in os.listdir(bin_dir) if d.startswith("cni-bridge-")]) == 1
+    assert again.returncode == 0 and "already the shipped one" in again.stderr and ": unchanged (" in again.stderr
+    assert os.listdir(bin_dir) == ["cni-bridge"] and os.stat(plugin).st_ino == inode
 
     r = build_sh("uninstall", "--prefix", prefix)
     assert r.returncode == 0, r.stderr
@@ -90,19 +97,23 @@ def test_install_refuses_to_replace_a_foreign_executable(prefix: str) -> None:
     assert open(foreign).read() == "#!/bin/sh\n"
 
 
-def test_an_upgrade_keeps_the_previous_bundle_for_plugins_still_running(prefix: str) -> None:
+def test_an_install_of_the_older_layout_is_replaced_by_the_single_file(prefix: str) -> None:
+    """Before the single file: bundle directories cni-bridge-<hash>.d/ and a symlink into one.
+    The symlink's bundle stays for plugins started through it just before (removed by the next
+    upgrade or by uninstall), the others go."""
     bin_dir = os.path.join(prefix, "bin")
     env = {"CNI_BIN_DIR": bin_dir, "CNI_CONF_DIR": os.path.join(prefix, "netd")}
-    assert build_sh("install", env=env).returncode == 0
-    current = os.readlink(os.path.join(bin_dir, "cni-bridge")).split("/")[0]
-    # Two older installs: one the symlink points to (kept), one nothing points to (removed).
+    bundle = os.path.join(REPO, "dist", "cni-bridge.d")
     for old in ("cni-bridge-000000000000.d", "cni-bridge-111111111111.d"):
-        shutil.copytree(os.path.join(bin_dir, current), os.path.join(bin_dir, old), symlinks=True)
-    shutil.rmtree(os.path.join(bin_dir, current))
-    os.unlink(os.path.join(bin_dir, "cni-bridge"))
+        shutil.copytree(bundle, os.path.join(bin_dir, old), symlinks=True)
     os.symlink("cni-bridge-111111111111.d/cni-bridge", os.path.join(bin_dir, "cni-bridge"))
 
-    assert build_sh("install", env=env).returncode == 0
-    assert sorted(d for d in os.listdir(bin_dir) if d.startswith("cni-bridge-")) == \
-        sorted(["cni-bridge-111111111111.d", current])
-    assert os.readlink(os.path.join(bin_dir, "cni-bridge")) == f"{current}/cni-bridge"
+    r = build_sh("install", env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(bin_dir)) == ["cni-bridge", "cni-bridge-111111111111.d"]
+    assert same_bytes(os.path.join(bin_dir, "cni-bridge"), BUILT)
+    assert "(replaced the symlink into cni-bridge-111111111111.d, kept until the next upgrade); " \
+           "removed cni-bridge-000000000000.d" in r.stderr
+
+    assert build_sh("uninstall", env=env).returncode == 0
+    assert os.listdir(bin_dir) == []

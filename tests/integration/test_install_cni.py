@@ -2,9 +2,10 @@
 throwaway node namespaces, installing into test-owned directories (never the host's
 /opt/cni/bin or /etc/cni/net.d).
 
-Upgrades use two builds that differ in content: copies of the real bundle, each with a marker
-file of its own, so each gets its own content-addressed directory. The Node lookup talks real
-HTTPS to tests/kube_api.py inside the node namespace.
+Upgrades use two builds that differ in content: the real bundle with a marker file of its own,
+each packed as a single file (tests/onefile_builds.py), so each has its own hash and its own
+extraction. Every start of an installed plugin extracts into the test's bundle cache, never the
+host's. The Node lookup talks real HTTPS to tests/kube_api.py inside the node namespace.
 """
 
 from __future__ import annotations
@@ -25,31 +26,24 @@ import pytest
 
 from cni_bridge.network.naming import host_veth_name
 from tests import kube_api
-from tests.plugin import BIN, PATH, REF_DIR, Node, node, requires_plugin, token  # noqa: F401
-from tests.polling import wait_for
+from tests.onefile_builds import build_marker, bundle_name, extract_bundle, make_builds
+from tests.plugin import BIN, BUILT, PATH, REF_DIR, Node, node, requires_plugin, token  # noqa: F401
+from tests.polling import blocked_reading_stdin, wait_for
 
 pytestmark = [pytest.mark.integration, requires_plugin]
 
 POD4, POD6 = "10.244.3.0/24", "fd00:10:244:3::/64"
 CLUSTER4, CLUSTER6 = "10.244.0.0/16", "fd00:10:244::/56"
 CIDR_ARGS = ("--pod-cidr", f"{POD4},{POD6}", "--cluster-cidr", f"{CLUSTER4},{CLUSTER6}")
-MARKER = os.path.join("_internal", "cbt-build")
 
 
 @pytest.fixture(scope="module")
 def builds() -> Iterator[dict[str, str]]:
-    """Executables of two builds, "a" and "b": copies of the real bundle with a marker file each."""
+    """Single files of two builds, "a" and "b": the real bundle with a marker file each. The
+    tests give each start its own cache (CNI_BRIDGE_CACHE_DIR); the default is never used."""
     root = tempfile.mkdtemp(prefix="cbt-builds-")
-    source = os.path.dirname(os.path.realpath(BIN))
     try:
-        executables = {}
-        for name in ("a", "b"):
-            bundle = os.path.join(root, name, "cni-bridge.d")
-            shutil.copytree(source, bundle, symlinks=True)
-            with open(os.path.join(bundle, MARKER), "w", encoding="utf-8") as handle:
-                handle.write(name)
-            executables[name] = os.path.join(bundle, "cni-bridge")
-        yield executables
+        yield make_builds(BUILT, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -64,23 +58,26 @@ class Host:
         self.conf_dir = os.path.join(root, "etc", "cni", "net.d")
         self.plugin = os.path.join(self.bin_dir, "cni-bridge")
         self.conflist = os.path.join(self.conf_dir, "10-cni-bridge.conflist")
+        # Where every executable started here extracts its bundle.
+        self.cache_dir = os.path.join(root, "bundles")
+        self.env = {"PATH": PATH, "CNI_BRIDGE_CACHE_DIR": self.cache_dir}
 
     def command(self, executable: str, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.node.name, executable, "install-cni",
                 "--bin-dir", self.bin_dir, "--conf-dir", self.conf_dir, *args]
 
     def install(self, executable: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(executable, *args), env={"PATH": PATH, **(env or {})},
+        return subprocess.run(self.command(executable, *args), env={**self.env, **(env or {})},
                               capture_output=True, text=True, timeout=60, check=False)
 
     def start_install(self, executable: str, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.command(executable, *args), env={"PATH": PATH}, stdout=subprocess.PIPE,
+        return subprocess.Popen(self.command(executable, *args), env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
     def version(self) -> tuple[bool, str]:
-        """CNI_COMMAND=VERSION through the installed symlink."""
+        """CNI_COMMAND=VERSION through the installed plugin."""
         proc = subprocess.run(["ip", "netns", "exec", self.node.name, self.plugin], input="{}",
-                              env={"PATH": PATH, "CNI_COMMAND": "VERSION"}, capture_output=True, text=True,
+                              env={**self.env, "CNI_COMMAND": "VERSION"}, capture_output=True, text=True,
                               timeout=30, check=False)
         try:
             ok = proc.returncode == 0 and "1.0.0" in json.loads(proc.stdout)["supportedVersions"]
@@ -88,15 +85,15 @@ class Host:
             ok = False
         return ok, f"rc={proc.returncode} stdout={proc.stdout!r} stderr={proc.stderr[-300:]!r}"
 
-    def bundles(self) -> list[str]:
-        return sorted(e for e in os.listdir(self.bin_dir) if e.startswith("cni-bridge-"))
+    def extractions(self) -> list[str]:
+        return sorted(e for e in os.listdir(self.cache_dir) if not e.startswith("."))
 
-    def build_of(self, bundle_dir: str) -> str:
-        with open(os.path.join(bundle_dir, MARKER), encoding="utf-8") as handle:
-            return handle.read()
+    def build_of(self, extraction: str) -> str:
+        return build_marker(os.path.join(self.cache_dir, extraction))
 
     def current_build(self) -> str:
-        return self.build_of(os.path.dirname(os.path.realpath(self.plugin)))
+        """The build installed as the plugin (by its hash: that of its extraction)."""
+        return self.build_of(bundle_name(self.plugin))
 
     def network_list(self) -> Any:
         with open(self.conflist, encoding="utf-8") as handle:
@@ -124,7 +121,7 @@ def plugin_config(host: Host, node: Node) -> dict[str, Any]:
 
 
 def plugin_env(host: Host, command: str, container_id: str, netns: str) -> dict[str, str]:
-    return {"PATH": PATH, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
+    return {**host.env, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
             "CNI_IFNAME": "eth0", "CNI_PATH": f"{host.bin_dir}:{REF_DIR}"}
 
 
@@ -139,8 +136,12 @@ def test_a_fresh_install_then_a_second_run_that_changes_nothing(node: Node) -> N
     host = Host(node)
     first = host.install(BIN, *CIDR_ARGS)
     assert first.returncode == 0, first.stderr
-    [bundle] = host.bundles()
-    assert os.readlink(host.plugin) == f"{bundle}/cni-bridge"  # relative: the directory can be mounted anywhere
+    bundle = bundle_name(BIN)
+    # The file that was started (the launcher tells install-cni), copied whole: one regular file.
+    assert not os.path.islink(host.plugin) and os.listdir(host.bin_dir) == ["cni-bridge"]
+    with open(host.plugin, "rb") as installed, open(BIN, "rb") as built:
+        assert installed.read() == built.read()
+    assert os.stat(host.plugin).st_mode & 0o777 == 0o755
     assert host.version()[0], host.version()[1]
     ranges = host.network_list()["plugins"][0]["ipam"]["ranges"]
     assert [r[0]["subnet"] for r in ranges] == [POD4, POD6]
@@ -149,10 +150,23 @@ def test_a_fresh_install_then_a_second_run_that_changes_nothing(node: Node) -> N
     before = host.snapshot()
     again = host.install(BIN, *CIDR_ARGS)
     assert again.returncode == 0, again.stderr
-    assert host.snapshot() == before  # no rewrite, no new bundle, not even a touched mtime
+    assert host.snapshot() == before  # no rewrite, not even a touched mtime
     assert again.stdout.splitlines() == [f"cni-bridge install-cni: {host.plugin}: unchanged ({bundle})",
                                          f"cni-bridge install-cni: {host.conflist}: unchanged",
                                          "cni-bridge install-cni: nothing changed"]
+
+
+def test_the_bundle_run_directly_installs_the_single_file_beside_it(node: Node) -> None:
+    """As in the DaemonSet's image: /opt/cni-bridge.d/cni-bridge runs, /opt/cni-bridge is installed."""
+    host, image = Host(node), node.temp_dir()
+    bundle = extract_bundle(BIN, image)
+    shutil.copy(BIN, os.path.join(image, "cni-bridge"))
+    r = host.install(os.path.join(bundle, "cni-bridge"), "--executable-only")
+    assert r.returncode == 0, r.stderr
+    assert f"{host.plugin}: installed {bundle_name(BIN)}" in r.stdout
+    with open(host.plugin, "rb") as installed, open(BIN, "rb") as built:
+        assert installed.read() == built.read()
+    assert not os.path.exists(host.cache_dir)  # nothing was extracted to run it
 
 
 def test_the_generated_list_attaches_a_pod_with_addresses_from_the_pod_cidrs(node: Node) -> None:
@@ -185,7 +199,7 @@ def test_the_generated_list_attaches_a_pod_with_addresses_from_the_pod_cidrs(nod
 # --- concurrency and upgrades -----------------------------------------------------------------
 
 class VersionLoop(threading.Thread):
-    """CNI_COMMAND=VERSION through the installed symlink, over and over, until stopped."""
+    """CNI_COMMAND=VERSION through the installed plugin, over and over, until stopped."""
 
     def __init__(self, host: Host) -> None:
         super().__init__(daemon=True)
@@ -213,7 +227,7 @@ def test_two_installers_racing_leave_a_consistent_install_and_a_plugin_that_alwa
             outputs = [racer.communicate(timeout=60) for racer in racers]
             assert [racer.returncode for racer in racers] == [0, 0], outputs
             plugin_lines = sorted(line for out, _ in outputs for line in out.splitlines() if f"{host.plugin}:" in line)
-            # The installers take turns: one swaps the symlink, the other finds it done.
+            # The installers take turns: one renames its copy into place, the other finds it done.
             assert len(plugin_lines) == 2 and "installed" in plugin_lines[0] and "unchanged" in plugin_lines[1], \
                 plugin_lines
             assert host.current_build() == build
@@ -225,44 +239,41 @@ def test_two_installers_racing_leave_a_consistent_install_and_a_plugin_that_alwa
             loop.join(timeout=60)
     assert loop.failures == [], f"{len(loop.failures)} of {loop.runs} runs failed; first: {loop.failures[0]}"
     assert loop.runs >= 10
-    assert sorted(host.build_of(os.path.join(host.bin_dir, b)) for b in host.bundles()) == ["a", "b"]
-    assert [e for e in os.listdir(host.bin_dir) + os.listdir(host.conf_dir) if e.startswith(".")] == []
+    assert os.listdir(host.bin_dir) == ["cni-bridge"]
+    # Each build was extracted once, however often it was installed and started.
+    assert sorted(host.build_of(e) for e in host.extractions()) == ["a", "b"]
+    assert [e for e in os.listdir(host.conf_dir) if e.startswith(".")] == []
     assert [r[0]["subnet"] for r in host.network_list()["plugins"][0]["ipam"]["ranges"]] == [POD4, POD6]
 
 
-def blocked_reading_stdin(pid: int) -> tuple[bool, str]:
-    with open(f"/proc/{pid}/wchan", encoding="utf-8") as handle:
-        wchan = handle.read()
-    with open(f"/proc/{pid}/syscall", encoding="utf-8") as handle:
-        syscall = handle.read()
-    # wchan is "pipe_read" or "anon_pipe_read" by kernel version; read(0, ...) on x86-64 is "0 0x0 ".
-    return "pipe_read" in wchan or syscall.startswith("0 0x0 "), f"wchan={wchan} syscall={syscall[:40]}"
-
-
-def test_an_upgrade_while_a_plugin_runs_from_the_old_bundle(node: Node, builds: dict[str, str]) -> None:
+def test_an_upgrade_while_a_plugin_runs_from_the_old_build(node: Node, builds: dict[str, str]) -> None:
     host = Host(node)
     bridge, network = node.bridge_name(), node.net_name()
     names = ("--bridge", bridge, "--network-name", network)
     assert host.install(builds["a"], *CIDR_ARGS, *names).returncode == 0
-    old_bundle = os.path.dirname(os.path.realpath(host.plugin))
+    old_extraction = os.path.join(host.cache_dir, bundle_name(builds["a"]))
     conf, pod, cid = plugin_config(host, node), node.add_container(), f"pod-{token()}"
 
-    # A runtime started ADD through the symlink; the plugin waits for its config on stdin.
+    # A runtime started ADD through the plugin; the plugin waits for its config on stdin.
     plugin = subprocess.Popen(["ip", "netns", "exec", node.name, host.plugin], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=plugin_env(host, "ADD", cid, pod.path))
     try:
         node.host_veths.add(host_veth_name(network, cid, "eth0"))  # for the fixture's leak check
         wait_for("the plugin to block reading stdin", lambda: blocked_reading_stdin(plugin.pid))
-        assert os.path.dirname(os.readlink(f"/proc/{plugin.pid}/exe")) == old_bundle
+        # The launcher has become the old build's bundle executable, in the cache.
+        assert os.readlink(f"/proc/{plugin.pid}/exe") == os.path.join(old_extraction, "cni-bridge")
 
         upgrade = host.install(builds["b"], *CIDR_ARGS, *names)
         assert upgrade.returncode == 0, upgrade.stderr
         assert host.current_build() == "b"
-        assert os.path.isdir(old_bundle), "the bundle a running plugin came from was removed"
-        assert f"kept the previous {os.path.basename(old_bundle)}" in upgrade.stdout
+        assert f"installed {bundle_name(builds['b'])} (replaced {bundle_name(builds['a'])})" in upgrade.stdout
+        # The new build's first start extracted it and pruned the cache, but not the old build's
+        # extraction: a plugin runs from it (and it was started a moment ago).
+        assert host.version()[0]
+        assert sorted(host.build_of(e) for e in host.extractions()) == ["a", "b"]
 
-        # The old plugin still loads what it needs (the config schema, netlink code) from its bundle.
+        # The old plugin still loads what it needs (the config schema, netlink code) from its extraction.
         out, err = plugin.communicate(json.dumps(conf).encode(), timeout=60)
     finally:
         if plugin.poll() is None:
@@ -332,7 +343,7 @@ def test_watch_mode_waits_for_the_pod_cidr_repairs_and_ends_on_sigterm_as_pid_1(
     """As in the DaemonSet: PID 1 of its own PID namespace, the Node not yet given a pod CIDR."""
     host = Host(node)
     with kube_api.serve(node.name, node.temp_dir(), {"node-1": {}}) as api:
-        env = {"PATH": PATH, **api_env(api, "node-1")}
+        env = {**host.env, **api_env(api, "node-1")}
         command = host.command(BIN, "--service-account-dir", api.service_account_dir, "--watch", "0.2")
         unshare = subprocess.Popen([*command[:4], "unshare", "--pid", "--fork", "--kill-child", *command[4:]], env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,5 +1,5 @@
 """`cni-bridge install-cni` (cni_bridge/install_cni.py) in-process: options and variables,
-input checks, the network list it writes, the bundle placement on a small bundle, idempotence.
+input checks, the network list it writes, the placement of a small single file, idempotence.
 No root needed; everything happens in pytest's tmp_path. tests/integration/test_install_cni.py
 runs the built executable."""
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cni_bridge import install_cni
+from cni_bridge import install_cni, onefile
 from cni_bridge.runner import cli
 
 pytestmark = pytest.mark.unit
@@ -23,14 +23,23 @@ DUAL = ["--pod-cidr", "10.244.3.0/24,fd00:10:244:3::/64", "--cluster-cidr", "10.
         "--cluster-cidr", "fd00:10:244::/56"]
 
 
-def make_bundle(path: Path, version: str = "one") -> Path:
-    """A stand-in one-folder bundle: an executable and a file in _internal."""
-    (path / "_internal").mkdir(parents=True)
-    executable = path / "cni-bridge"
+def make_single_file(path: Path, version: str = "one") -> Path:
+    """A real single file (launcher and payload) whose stand-in bundle is an executable that
+    prints `version` and a file in _internal."""
+    bundle = path.parent / f"{path.name}.d"
+    (bundle / "_internal").mkdir(parents=True)  # and path's directory
+    executable = bundle / "cni-bridge"
     executable.write_text(f"#!/bin/sh\necho {version}\n")
     executable.chmod(0o755)
-    (path / "_internal" / "lib.txt").write_text(version)
+    (bundle / "_internal" / "lib.txt").write_text(version)
+    onefile.pack(str(bundle), str(path), str(path.parent / "cache"))
     return path
+
+
+def bundle_name(single_file: Path) -> str:
+    header = onefile.read_header(str(single_file))
+    assert header is not None
+    return header.bundle_name
 
 
 class Installer:
@@ -38,13 +47,14 @@ class Installer:
 
     def __init__(self, tmp_path: Path) -> None:
         self.root = tmp_path
-        self.bundle = make_bundle(tmp_path / "build" / "cni-bridge.d")
+        self.executable = make_single_file(tmp_path / "build" / "cni-bridge")
         self.bin_dir = tmp_path / "opt" / "cni" / "bin"
         self.conf_dir = tmp_path / "etc" / "cni" / "net.d"
 
-    def run(self, *args: str, environ: dict[str, str] | None = None, bundle: Path | None = None,
+    def run(self, *args: str, environ: dict[str, str] | None = None, executable: Path | None = None,
             capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-        base = ["--bundle", str(bundle or self.bundle), "--bin-dir", str(self.bin_dir), "--conf-dir", str(self.conf_dir)]
+        base = ["--executable", str(executable or self.executable), "--bin-dir", str(self.bin_dir),
+                "--conf-dir", str(self.conf_dir)]
         code = install_cni.run([*base, *args], environ or {})
         out, err = capsys.readouterr()
         return code, out, err
@@ -56,11 +66,12 @@ class Installer:
     def network_list(self) -> Any:
         return json.loads(self.conflist.read_text())
 
-    def bundles(self) -> list[str]:
-        return sorted(e for e in os.listdir(self.bin_dir) if e.startswith("cni-bridge-"))
+    @property
+    def plugin(self) -> Path:
+        return self.bin_dir / "cni-bridge"
 
-    def link(self) -> str:
-        return os.readlink(self.bin_dir / "cni-bridge")
+    def old_bundles(self) -> list[str]:
+        return sorted(e for e in os.listdir(self.bin_dir) if e.startswith("cni-bridge-"))
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
         """(inode, mtime_ns) of everything under the two directories, links not followed."""
@@ -152,74 +163,87 @@ def test_a_config_that_runtimes_would_pick_first_is_reported(installer: Installe
     assert "99-later" not in err
 
 
-# --- idempotence and the bundle -------------------------------------------------------------
+# --- idempotence and the executable ------------------------------------------------------------
 
 def test_a_second_run_with_the_same_input_changes_nothing(installer: Installer,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = installer.run(*DUAL, capsys=capsys)
-    assert code == 0 and ": installed cni-bridge-" in out
+    name = bundle_name(installer.executable)
+    assert code == 0 and f"{installer.plugin}: installed {name}" in out
     before = installer.snapshot()
     code, out, err = installer.run(*DUAL, capsys=capsys)
     assert code == 0, err
     assert installer.snapshot() == before
     assert out.splitlines() == [
-        f"cni-bridge install-cni: {installer.bin_dir}/cni-bridge: unchanged ({installer.bundles()[0]})",
+        f"cni-bridge install-cni: {installer.plugin}: unchanged ({name})",
         f"cni-bridge install-cni: {installer.conflist}: unchanged",
         "cni-bridge install-cni: nothing changed"]
 
 
-def test_the_plugin_is_a_relative_symlink_into_a_content_named_copy(installer: Installer,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    assert installer.run("--executable-only", capsys=capsys)[0] == 0
-    [bundle] = installer.bundles()
-    assert re.fullmatch(r"cni-bridge-[0-9a-f]{12}\.d", bundle)
-    assert installer.link() == f"{bundle}/cni-bridge"
-    assert (installer.bin_dir / bundle / "_internal" / "lib.txt").read_text() == "one"
-    assert os.access(installer.bin_dir / "cni-bridge", os.X_OK)
+def test_the_plugin_is_a_copy_of_the_single_file_mode_0755_whatever_the_umask(
+        installer: Installer, capsys: pytest.CaptureFixture[str]) -> None:
+    old = os.umask(0o077)
+    try:
+        assert installer.run("--executable-only", capsys=capsys)[0] == 0
+    finally:
+        os.umask(old)
+    assert not installer.plugin.is_symlink() and installer.plugin.read_bytes() == installer.executable.read_bytes()
+    assert stat.S_IMODE(installer.plugin.stat().st_mode) == 0o755
+    assert os.listdir(installer.bin_dir) == ["cni-bridge"]
     assert not installer.conf_dir.exists()  # --executable-only writes no list
 
 
-def test_an_upgrade_keeps_the_previous_bundle_and_removes_older_ones(installer: Installer, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    builds = [installer.bundle, make_bundle(tmp_path / "b2", "two"), make_bundle(tmp_path / "b3", "three")]
-    names = []
-    for build in builds:
-        code, out, err = installer.run("--executable-only", bundle=build, capsys=capsys)
-        assert code == 0, err
-        names.append(installer.link().split("/")[0])
-    assert len(set(names)) == 3
-    assert installer.bundles() == sorted(names[1:])  # the first is gone, the second kept
-    assert f"installed {names[2]} (kept the previous {names[1]}); removed {names[0]}" in out
-    assert (installer.bin_dir / "cni-bridge").resolve().parent.joinpath("_internal", "lib.txt").read_text() == "three"
-
-
-def test_a_repeated_run_never_removes_the_previous_bundle(installer: Installer, tmp_path: Path,
+def test_an_upgrade_renames_the_new_file_over_the_old_one(installer: Installer, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """A second installer right after an upgrade (a restarted pod) must not remove the bundle
-    that plugins started just before the upgrade may still be running from."""
-    installer.run("--executable-only", capsys=capsys)
-    installer.run("--executable-only", bundle=make_bundle(tmp_path / "b2", "two"), capsys=capsys)
-    before = installer.bundles()
-    installer.run("--executable-only", bundle=tmp_path / "b2", capsys=capsys)
-    assert installer.bundles() == before and len(before) == 2
+    assert installer.run("--executable-only", capsys=capsys)[0] == 0
+    old_name = bundle_name(installer.executable)
+    with open(installer.plugin, "rb") as running:  # as a launcher started just before reads it
+        new = make_single_file(tmp_path / "two" / "cni-bridge", "two")
+        code, out, err = installer.run("--executable-only", executable=new, capsys=capsys)
+        assert code == 0, err
+        assert f"{installer.plugin}: installed {bundle_name(new)} (replaced {old_name})" in out
+        assert running.read() == installer.executable.read_bytes()  # the old file, whole
+    assert installer.plugin.read_bytes() == new.read_bytes()
+    assert os.listdir(installer.bin_dir) == ["cni-bridge"]
 
 
-def test_a_bundle_removed_behind_the_symlink_is_copied_again(installer: Installer,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    import shutil
+def test_a_plugin_whose_mode_was_changed_is_put_back(installer: Installer, capsys: pytest.CaptureFixture[str]) -> None:
     installer.run("--executable-only", capsys=capsys)
-    [bundle] = installer.bundles()
-    shutil.rmtree(installer.bin_dir / bundle)
+    installer.plugin.chmod(0o644)
     code, out, _ = installer.run("--executable-only", capsys=capsys)
-    assert code == 0 and "copied" in out and "again" in out
-    assert installer.bundles() == [bundle] and os.access(installer.bin_dir / "cni-bridge", os.X_OK)
+    assert code == 0 and ": installed " in out and stat.S_IMODE(installer.plugin.stat().st_mode) == 0o755
+
+
+def old_install(installer: Installer, *names: str) -> None:
+    """The layout before the single file: bundle directories and a symlink into the last."""
+    for name in names:
+        (installer.bin_dir / name / "_internal").mkdir(parents=True)
+        (installer.bin_dir / name / "cni-bridge").write_text("#!/bin/sh\n")
+    installer.plugin.symlink_to(f"{names[-1]}/cni-bridge")
+
+
+def test_an_older_install_is_replaced_keeping_its_bundle_until_the_next_upgrade(
+        installer: Installer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old_install(installer, "cni-bridge-000000000000.d", "cni-bridge-111111111111.d")
+    code, out, err = installer.run("--executable-only", capsys=capsys)
+    assert code == 0, err
+    assert (f"installed {bundle_name(installer.executable)} (replaced the symlink into cni-bridge-111111111111.d, "
+            f"kept until the next upgrade); removed cni-bridge-000000000000.d") in out
+    assert installer.plugin.read_bytes() == installer.executable.read_bytes()
+    # A repeated run (a restarted installer) keeps it: plugins started through the symlink may still run.
+    installer.run("--executable-only", capsys=capsys)
+    assert installer.old_bundles() == ["cni-bridge-111111111111.d"]
+    code, out, _ = installer.run("--executable-only", executable=make_single_file(tmp_path / "two" / "cni-bridge", "two"),
+                                 capsys=capsys)
+    assert code == 0 and out.rstrip().endswith("; removed cni-bridge-111111111111.d")
+    assert installer.old_bundles() == []
 
 
 def test_leftovers_of_a_killed_installer_are_removed(installer: Installer,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     installer.bin_dir.mkdir(parents=True)
-    (installer.bin_dir / ".cni-bridge-0123456789ab.d.tmp").mkdir()
-    (installer.bin_dir / ".cni-bridge.tmp").symlink_to("nowhere")
+    (installer.bin_dir / ".cni-bridge-0123456789ab.d.tmp").mkdir()  # of the older layout
+    (installer.bin_dir / ".cni-bridge.tmp").write_text("half a copy")
     installer.conf_dir.mkdir(parents=True)
     (installer.conf_dir / ".10-cni-bridge.conflist.tmp").write_text("half")
     assert installer.run(*DUAL, capsys=capsys)[0] == 0
@@ -227,29 +251,37 @@ def test_leftovers_of_a_killed_installer_are_removed(installer: Installer,
     assert [e for e in os.listdir(installer.conf_dir) if e.startswith(".")] == []
 
 
-def test_an_executable_that_is_not_our_symlink_is_never_replaced(installer: Installer,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("kind", ["script", "symlink elsewhere", "directory"])
+def test_an_executable_that_is_not_ours_is_never_replaced(installer: Installer, tmp_path: Path, kind: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     installer.bin_dir.mkdir(parents=True)
-    foreign = installer.bin_dir / "cni-bridge"
-    foreign.write_text("#!/bin/sh\n")
+    foreign = installer.plugin
+    if kind == "script":
+        foreign.write_text("#!/bin/sh\n")
+    elif kind == "symlink elsewhere":
+        foreign.symlink_to(tmp_path / "build" / "cni-bridge")
+    else:
+        foreign.mkdir()
+    before = installer.snapshot()
     code, _, err = installer.run(*DUAL, capsys=capsys)
     assert code == 1 and "exists and is not ours" in err
-    assert foreign.read_text() == "#!/bin/sh\n" and installer.bundles() == []
+    assert installer.snapshot() == before
 
 
-def test_the_digest_follows_contents_executable_bits_and_links(tmp_path: Path) -> None:
-    bundle = make_bundle(tmp_path / "b")
-    first = install_cni.bundle_digest(str(bundle))
-    assert install_cni.bundle_digest(str(make_bundle(tmp_path / "same"))) == first
-    (bundle / "_internal" / "lib.txt").chmod(0o755)
-    assert install_cni.bundle_digest(str(bundle)) != first
-    (bundle / "_internal" / "lib.txt").chmod(0o644)
-    (bundle / "_internal" / "link").symlink_to("lib.txt")
-    with_link = install_cni.bundle_digest(str(bundle))
-    assert with_link != first
-    (bundle / "_internal" / "link").unlink()
-    (bundle / "_internal" / "link").symlink_to("other")
-    assert install_cni.bundle_digest(str(bundle)) not in (first, with_link)
+def test_a_file_that_is_not_a_single_file_is_refused_as_input(installer: Installer, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bundle_executable = tmp_path / "build" / "cni-bridge.d" / "cni-bridge"
+    code, _, err = installer.run("--executable-only", executable=bundle_executable, capsys=capsys)
+    assert code == 2 and f"{bundle_executable} is not a cni-bridge single file" in err
+    assert not installer.bin_dir.exists()
+
+
+def test_the_launcher_names_the_file_it_was_started_as(installer: Installer, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    environ = {"CNI_BRIDGE_LAUNCHER": str(installer.executable)}
+    code = install_cni.run(["--executable-only", "--bin-dir", str(installer.bin_dir)], environ)
+    assert code == 0, capsys.readouterr().err
+    assert installer.plugin.read_bytes() == installer.executable.read_bytes()
 
 
 # --- invalid input ----------------------------------------------------------------------------
@@ -307,10 +339,10 @@ def test_a_variable_named_in_the_error_says_where_the_bad_value_came_from(
     assert code == 2 and "$POD_CIDRS: '300.1.1.0/24' is not a pod CIDR" in err
 
 
-def test_outside_a_bundle_without_bundle_option_it_says_what_to_give(capsys: pytest.CaptureFixture[str],
-                                                                    tmp_path: Path) -> None:
+def test_not_started_as_the_single_file_without_executable_option_it_says_what_to_give(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code = install_cni.run(["--executable-only", "--bin-dir", str(tmp_path)], {})
-    assert code == 2 and "give --bundle DIR" in capsys.readouterr().err
+    assert code == 2 and "give --executable FILE" in capsys.readouterr().err
 
 
 # --- the Node object ----------------------------------------------------------------------------
