@@ -85,9 +85,16 @@ if [ ! -x "$bundle/cni-bridge" ]; then
     }
     echo "cni-bridge: extracted the bundle into $bundle (once per build and host)" >&2
     exec 9>&-
-    # Extractions of other builds nobody started for a day and no process runs from.
-    "$bundle/cni-bridge" prune-bundles "$cache" </dev/null >&2 ||
-        echo "cni-bridge: pruning $cache failed; continuing" >&2
+    # Extractions of other builds nobody started for a day and no process runs from; when
+    # there is nothing but this one (a first install), the Python start is saved.
+    for entry in "$cache"/* "$cache"/.old-*; do
+        case ${entry##*/} in
+            @BUNDLE_NAME@ | "*" | ".old-*") ;;
+            *) "$bundle/cni-bridge" prune-bundles "$cache" </dev/null >&2 ||
+                   echo "cni-bridge: pruning $cache failed; continuing" >&2
+               break ;;
+        esac
+    done
 fi
 exec 9>&-
 [ "$1" = install-cni ] && export CNI_BRIDGE_LAUNCHER="$0"
