@@ -558,6 +558,9 @@ def main() -> None:
     bench = Bench(args)
     # libcni finds a plugin by its type in the plugin path: a directory with cni-bridge in it.
     plugin_dir = tempfile.mkdtemp(prefix="cbt-bench-bin-")
+    # The single file extracts its bundle on first start: into the run's own cache, never the
+    # host's (libcni hands its environment on to the plugins). Run 0, not counted, extracts.
+    os.environ["CNI_BRIDGE_CACHE_DIR"] = f"{plugin_dir}/cache"
     interrupted = ""
     try:
         with interrupts_as_keyboard_interrupt():
