@@ -107,16 +107,27 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     if argv:  # runtimes never pass arguments: with them, this is the cnitool-like runner
         from .runner.cli import run
         return run(argv, environ)
+    if environ.get("CNI_BRIDGE_HELPER_SERVE") and not environ.get("CNI_COMMAND"):
+        from .warm_server import serve
+        return serve(environ["CNI_BRIDGE_HELPER_SERVE"])
     command = environ.get("CNI_COMMAND", "")
     if not command:
         _describe()
         return 0
+    return execute(command, environ)
+
+
+def execute(command: str, environ: dict[str, str], raw: bytes | None = None, *, helper_allowed: bool = True) -> int:
+    """One CNI command, in this process or handed to the warm helper (whose child calls this too)."""
     state = {"cni_version": versions.LATEST, "log_file": ""}
     try:
-        raw = _read_stdin()
+        if raw is None:
+            raw = _read_stdin()
         if command == "VERSION":
             _version(raw)
             return 0
+        if helper_allowed and environ.get("CNI_BRIDGE_HELPER", "0") != "0":
+            return _run_helped(command, raw, environ, state)
         return _run_command(command, raw, environ, state)
     except CniError as error:
         _write_json(error.to_dict(state["cni_version"]))
@@ -132,6 +143,20 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         _write_json(CniError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}",
                              "this is a bug in cni-bridge; the traceback is on stderr").to_dict(state["cni_version"]))
         return 1
+
+
+def _run_helped(command: str, raw: bytes, environ: dict[str, str], state: dict[str, str]) -> int:
+    """The warm helper's answer if it took the request; else in-process, then start a helper."""
+    from .warm_client import HELPED_COMMANDS, hand_over, mode
+    if command not in HELPED_COMMANDS or mode(environ) == "off":
+        return _run_command(command, raw, environ, state)
+    handed = hand_over(raw, environ)
+    if handed.rc is not None:
+        return handed.rc
+    try:
+        return _run_command(command, raw, environ, state)
+    finally:
+        handed.start_helper_if_missing()
 
 
 def entry() -> None:
