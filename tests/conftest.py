@@ -15,6 +15,8 @@ def _host_snapshot() -> dict[str, str]:
     import os
     import subprocess
 
+    from tests.warm import helper_processes
+
     def out(*argv: str) -> str:
         try:
             return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
@@ -31,6 +33,7 @@ def _host_snapshot() -> dict[str, str]:
                                           .splitlines() if line.startswith(("-A", ":"))),
         "nft list tables": out("nft", "list", "tables"),  # a leaked nftables table of ours shows here
         "/run/cni-bridge": str(os.path.exists("/run/cni-bridge")),
+        "warm helper processes": "\n".join(sorted(helper_processes().values())),
         # Where runtimes and the runner keep plugins, network lists and cached results.
         **{path: "\n".join(sorted(os.listdir(path))) if os.path.isdir(path) else "absent"
            for path in ("/opt/cni/bin", "/etc/cni/net.d", "/var/lib/cni", "/var/lib/cni/results")},

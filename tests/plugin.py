@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.network.naming import host_veth_name
-from tests import nstools
+from tests import nstools, warm
 from tests.onefile_builds import session_executable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +36,10 @@ REF_DIR = "/usr/lib/cni"
 REF_HOST_LOCAL = os.path.join(REF_DIR, "host-local")
 REF_STATIC = os.path.join(REF_DIR, "static")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# How the node runs the plugin: "off" in-process (as before), "require" through the warm helper
+# (every request that has a stateDir must be served by a helper), "both" parametrizes the node.
+HELPER_MODE = os.environ.get("CNI_BRIDGE_TEST_HELPER", "off")
+HELPER_PARAMS = {"off": None, "require": ["require"], "both": ["off", "require"]}[HELPER_MODE]
 ALL_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
 
@@ -139,7 +143,8 @@ def with_prev(conf: dict[str, Any], prev: Any) -> dict[str, Any]:
 class Node:
     """A throwaway "host" namespace where the plugin runs, and its containers."""
 
-    def __init__(self) -> None:
+    def __init__(self, helper: str = "off") -> None:
+        self.helper = helper
         self.name = nstools.create_netns()
         self.containers: list[Container] = []
         self.temp_dirs: list[str] = []
@@ -155,6 +160,7 @@ class Node:
     # --- lifecycle ------------------------------------------------------------
 
     def cleanup(self) -> None:
+        warm.kill_helpers_in(nstools.netns_path(name=self.name))
         for c in self.containers:
             nstools.delete_netns(c.name)
         nstools.delete_netns(self.name)
@@ -235,7 +241,7 @@ class Node:
             conf = {**conf, "stateDir": self.state_dir}
         stdin = stdin_override if stdin_override is not None else json.dumps(conf).encode()
         proc = subprocess.run(
-            ["ip", "netns", "exec", self.name, executable],
+            [*self.launcher(env), executable],
             input=stdin,
             env=env,
             capture_output=True,
@@ -248,6 +254,15 @@ class Node:
         except ValueError:
             out = None
         return PluginRun(proc.returncode, out, proc.stderr.decode(errors="replace"), stdout)
+
+    def launcher(self, env: dict[str, str]) -> list[str]:
+        """How to enter the node. `ip netns exec` makes a new mount namespace on every call, so
+        no helper would ever be reused: with the helper on, only the network namespace is entered."""
+        if self.helper != "off":
+            env.setdefault("CNI_BRIDGE_HELPER", self.helper)
+        if env.get("CNI_BRIDGE_HELPER", "0") == "0":
+            return ["ip", "netns", "exec", self.name]
+        return ["nsenter", f"--net={nstools.netns_path(name=self.name)}"]
 
     def add(self, conf: dict[str, Any], cid: str, container: Container, ifname: str = "eth0", **kw: Any) -> Any:
         """ADD that must succeed; returns the parsed result."""
@@ -380,8 +395,8 @@ def _root_link_names() -> set[str]:
     return {link["ifname"] for link in json.loads(out)}
 
 
-@pytest.fixture
-def node() -> Iterator[Node]:
+@pytest.fixture(params=HELPER_PARAMS, ids=lambda mode: f"helper-{mode}")
+def node(request: pytest.FixtureRequest) -> Iterator[Node]:
     """A node namespace (lo up); everything it made is deleted afterwards, also on failure.
 
     Afterwards the root namespace must hold no bridge or host veth of this test: a plugin that
@@ -389,7 +404,7 @@ def node() -> Iterator[Node]:
     """
     if SKIP_REASON is not None:
         pytest.skip(SKIP_REASON)
-    n = Node()
+    n = Node(getattr(request, "param", "off"))
     try:
         yield n
     finally:

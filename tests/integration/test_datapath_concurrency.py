@@ -34,7 +34,7 @@ def start_add(node: Node, conf: dict[str, Any], cid: str, c: Container) -> subpr
     env = {"PATH": PATH, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": c.path,
            "CNI_IFNAME": "eth0", "CNI_PATH": REF_DIR}
     node.host_veths.add(host_veth_name(conf["name"], cid, "eth0"))
-    proc = subprocess.Popen(["ip", "netns", "exec", node.name, BIN], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([*node.launcher(env), BIN], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert proc.stdin is not None
     proc.stdin.write(json.dumps({"stateDir": node.state_dir, **conf}).encode())

@@ -1,0 +1,52 @@
+"""Finding and stopping warm helper processes (cni_bridge/warm_server.py) that tests started.
+
+A helper is recognised by CNI_BRIDGE_HELPER_SERVE in its environment; it lives in the network
+namespace of the node that started it, so a node kills the helpers of its own namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+SERVE_MARK = b"CNI_BRIDGE_HELPER_SERVE="
+
+
+def helper_processes() -> dict[int, str]:
+    """``{pid: socket path}`` of every running warm helper on this machine (its children too)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                variables = handle.read().split(b"\0")
+        except OSError:
+            continue
+        for variable in variables:
+            if variable.startswith(SERVE_MARK):
+                found[int(entry)] = variable[len(SERVE_MARK):].decode(errors="replace")
+    return found
+
+
+def net_inode(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def kill_helpers_in(netns_path: str) -> list[int]:
+    """SIGKILL the helpers (and request children) living in one network namespace; wait for them."""
+    target = os.stat(netns_path).st_ino
+    victims = [pid for pid in helper_processes() if net_inode(pid) == target]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}/ns") for pid in victims):
+        time.sleep(0.01)
+    return victims
