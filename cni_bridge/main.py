@@ -101,6 +101,10 @@ def _run_command(command: str, raw: bytes, environ: dict[str, str], state: dict[
     return 0
 
 
+# Commands the warm helper may run (warm_client.HELPED_COMMANDS; repeated to import nothing early).
+_HELPED_COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
+
+
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     environ = dict(os.environ) if environ is None else environ
     argv = sys.argv[1:] if argv is None else argv
@@ -126,8 +130,10 @@ def execute(command: str, environ: dict[str, str], raw: bytes | None = None, *, 
         if command == "VERSION":
             _version(raw)
             return 0
-        if helper_allowed and environ.get("CNI_BRIDGE_HELPER", "0") != "0":
-            return _run_helped(command, raw, environ, state)
+        if helper_allowed and command in _HELPED_COMMANDS:
+            from .warm_client import wanted
+            if wanted(environ, raw):
+                return _run_helped(raw, environ, state, command)
         return _run_command(command, raw, environ, state)
     except CniError as error:
         _write_json(error.to_dict(state["cni_version"]))
@@ -145,11 +151,9 @@ def execute(command: str, environ: dict[str, str], raw: bytes | None = None, *, 
         return 1
 
 
-def _run_helped(command: str, raw: bytes, environ: dict[str, str], state: dict[str, str]) -> int:
+def _run_helped(raw: bytes, environ: dict[str, str], state: dict[str, str], command: str) -> int:
     """The warm helper's answer if it took the request; else in-process, then start a helper."""
-    from .warm_client import HELPED_COMMANDS, hand_over, mode
-    if command not in HELPED_COMMANDS or mode(environ) == "off":
-        return _run_command(command, raw, environ, state)
+    from .warm_client import hand_over
     handed = hand_over(raw, environ)
     if handed.rc is not None:
         return handed.rc

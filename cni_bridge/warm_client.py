@@ -32,9 +32,23 @@ READY_TIMEOUT = 2.0  # seconds a busy helper may take to fork before we run in-p
 REQUIRE_WAIT = 10.0  # seconds "require" mode waits for a freshly started helper
 
 
-def mode(environ: dict[str, str]) -> str:
-    """off (the default), on, or require (tests: never in-process, proves the helper ran it)."""
-    value = environ.get("CNI_BRIDGE_HELPER", "0")
+CONFIG_KEY = "warmHelper"
+
+
+def wanted(environ: dict[str, str], raw: bytes) -> bool:
+    """Cheap first look, before any parsing: could this call use the helper at all?"""
+    value = environ.get("CNI_BRIDGE_HELPER")
+    return value != "0" if value is not None else CONFIG_KEY.encode() in raw
+
+
+def mode(environ: dict[str, str], doc: dict[str, Any]) -> str:
+    """off (the default), on, or require (tests: never in-process, proves the helper ran it).
+
+    CNI_BRIDGE_HELPER (0, 1, require) wins; without it the config's "warmHelper": true turns it on.
+    """
+    value = environ.get("CNI_BRIDGE_HELPER")
+    if value is None:
+        return "on" if doc.get(CONFIG_KEY) is True else "off"
     return {"1": "on", "require": "require"}.get(value, "off")
 
 
@@ -60,14 +74,16 @@ def socket_path(state_dir: str) -> str:
     return os.path.join(state_dir, f"helper-{tag}-{mnt}-{net}.sock")
 
 
-def _state_dir(raw: bytes) -> str | None:
+def _document(raw: bytes) -> dict[str, Any] | None:
     import json
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None  # the in-process plugin explains the error
-    if not isinstance(doc, dict):
-        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _state_dir(doc: dict[str, Any]) -> str | None:
     state_dir = doc.get("stateDir", DEFAULT_STATE_DIR)
     return state_dir if isinstance(state_dir, str) and os.path.isabs(state_dir) else None
 
@@ -85,8 +101,13 @@ class HandOver:
 
 
 def hand_over(raw: bytes, environ: dict[str, str]) -> HandOver:
-    state_dir = _state_dir(raw)
-    if state_dir is None or not os.path.isdir(state_dir):
+    doc = _document(raw)
+    if doc is None or mode(environ, doc) == "off":
+        return HandOver()
+    state_dir = _state_dir(doc)
+    # Only a stateDir this plugin already keeps state in (its lock file exists) and can write to:
+    # a helper never is the first thing to appear in a directory, nor tries a read-only one.
+    if state_dir is None or not os.path.exists(os.path.join(state_dir, "lock")) or not os.access(state_dir, os.W_OK):
         return HandOver()
     try:
         path = socket_path(state_dir)
@@ -94,7 +115,7 @@ def hand_over(raw: bytes, environ: dict[str, str]) -> HandOver:
         return HandOver()
     if len(path.encode()) >= 108:
         return HandOver()
-    required = mode(environ) == "require"
+    required = mode(environ, doc) == "require"
     rc = _try(path, raw, environ)
     if rc is None and required:
         spawn_helper(path)

@@ -142,6 +142,8 @@ def files_mentioning(directory: str, needle: str) -> list[str]:
     for top, _, files in os.walk(directory):
         for name in files:
             path = os.path.join(top, name)
+            if not os.path.isfile(path):
+                continue  # the warm helper's socket, when the helper is on
             with open(path, "rb") as handle:
                 if needle.encode() in handle.read() or needle in name:
                     hits.append(os.path.relpath(path, directory))

@@ -1,7 +1,8 @@
 """The warm helper (cni_bridge/warm_server.py, warm_client.py), end to end in a node namespace.
 
 Proven here:
-- off by default: without CNI_BRIDGE_HELPER no helper and no socket appear;
+- off by default: without CNI_BRIDGE_HELPER no helper and no socket appear; the config key
+  "warmHelper": true turns it on, CNI_BRIDGE_HELPER=0 off whatever the config says;
 - "1": the first call runs in-process and starts a helper, whose socket is 0600 and root's;
   later calls are served by it (a request child of the helper is seen running);
 - a caller in another network namespace is refused before READY (the socket stays usable);
@@ -75,9 +76,17 @@ def firewall_conf(node: Node, port: int = 46180) -> dict[str, Any]:
                    runtimeConfig={"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]})
 
 
+def gc_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    """GC keeping nothing: only called while the network has no attachment."""
+    return {**conf, "cni.dev/valid-attachments": []}
+
+
 def warm_up(node: Node, conf: dict[str, Any]) -> int:
-    """A STATUS in "1" mode starts the helper; returns its pid once it listens."""
-    node.ok("STATUS", conf, ifname=None)
+    """A GC (which takes the state lock) in "1" mode starts the helper; returns its pid once it listens.
+
+    The first GC only creates the stateDir's lock; the second finds it and starts the helper."""
+    for _ in range(2):
+        node.ok("GC", gc_conf(conf), ifname=None)
     # Racing first calls may start several; all but the one holding the lock exit at once.
     wait_for(lambda: len(helpers_of(node)) == 1)
     helpers = helpers_of(node)
@@ -96,6 +105,23 @@ def test_off_by_default_no_helper_no_socket() -> None:
         time.sleep(0.3)
         assert helpers_of(n) == {}
         assert not [f for f in os.listdir(n.state_dir) if f.startswith("helper-")]
+    finally:
+        n.cleanup()
+
+
+@pytest.mark.parametrize("switch", ["config-key", "env-beats-config"])
+def test_config_key_turns_it_on_and_the_environment_off(switch: str) -> None:
+    n = Node("off")
+    try:
+        conf = netconf(n.net_name(), n.bridge_name(), host_local(n.data_dir(), "10.174.0.0/24"), warmHelper=True)
+        env = {"CNI_BRIDGE_HELPER": "0"} if switch == "env-beats-config" else {}
+        for _ in range(2):  # the first call makes the stateDir's lock, the second starts a helper
+            assert n.run("GC", gc_conf(conf), ifname=None, extra_env=env).rc == 0
+        if switch == "env-beats-config":
+            time.sleep(0.5)
+            assert helpers_of(n) == {}
+        else:
+            assert wait_for(lambda: helpers_of(n)), "warmHelper: true in the config started no helper"
     finally:
         n.cleanup()
 
@@ -153,7 +179,8 @@ def test_replacing_the_executable_retires_the_helper(node: Node) -> None:
     shutil.copytree(bundle, copy_dir, symlinks=True)
     executable = os.path.join(copy_dir, os.path.basename(os.path.realpath(BIN)))
     conf = firewall_conf(node)
-    assert node.run("STATUS", conf, ifname=None, executable=executable).rc == 0
+    for _ in range(2):
+        assert node.run("GC", gc_conf(conf), ifname=None, executable=executable).rc == 0
     helpers = wait_for(lambda: helpers_of(node))
     assert len(helpers) == 1
     (pid, path), = helpers.items()
@@ -163,7 +190,7 @@ def test_replacing_the_executable_retires_the_helper(node: Node) -> None:
     os.replace(executable + ".new", executable)  # as an upgrade does: a new file under the same name
     assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10), "the old helper kept running"
     assert not os.path.exists(path), "the old helper left its socket"
-    assert node.run("STATUS", conf, ifname=None, executable=executable).rc == 0
+    assert node.run("GC", gc_conf(conf), ifname=None, executable=executable).rc == 0
     new = wait_for(lambda: helpers_of(node))
     assert new and list(new.values()) != [path], "the new build must use another socket name"
 
