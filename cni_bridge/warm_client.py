@@ -219,6 +219,8 @@ def spawn_helper(path: str) -> None:
 
     Several first calls may race here: the helper takes a lock, and the losers exit at once.
     """
+    if _helper_holds_lock(path):
+        return  # one is starting (or busy starting its children): do not pile up more
     if getattr(sys, "frozen", False):
         argv = [sys.executable]
     else:
@@ -230,3 +232,18 @@ def spawn_helper(path: str) -> None:
         os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
     except OSError:
         pass  # no helper this time: the plugin works without one
+
+
+def _helper_holds_lock(path: str) -> bool:
+    import fcntl
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our probe lock at once
+    return False
