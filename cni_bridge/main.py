@@ -130,10 +130,8 @@ def execute(command: str, environ: dict[str, str], raw: bytes | None = None, *, 
         if command == "VERSION":
             _version(raw)
             return 0
-        if helper_allowed and command in _HELPED_COMMANDS:
-            from .warm_client import wanted
-            if wanted(environ, raw):
-                return _run_helped(raw, environ, state, command)
+        if helper_allowed and command in _HELPED_COMMANDS and _helper_wanted(environ, raw):
+            return _run_helped(raw, environ, state, command)
         return _run_command(command, raw, environ, state)
     except CniError as error:
         _write_json(error.to_dict(state["cni_version"]))
@@ -149,6 +147,13 @@ def execute(command: str, environ: dict[str, str], raw: bytes | None = None, *, 
         _write_json(CniError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}",
                              "this is a bug in cni-bridge; the traceback is on stderr").to_dict(state["cni_version"]))
         return 1
+
+
+def _helper_wanted(environ: dict[str, str], raw: bytes) -> bool:
+    """A first look that imports nothing, so a plugin with the helper off pays nothing for it
+    (warm_client.mode decides for good once the config is parsed)."""
+    value = environ.get("CNI_BRIDGE_HELPER")
+    return value != "0" if value is not None else b"warmHelper" in raw
 
 
 def _run_helped(raw: bytes, environ: dict[str, str], state: dict[str, str], command: str) -> int:

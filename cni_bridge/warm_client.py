@@ -35,12 +35,6 @@ REQUIRE_WAIT = 10.0  # seconds "require" mode waits for a freshly started helper
 CONFIG_KEY = "warmHelper"
 
 
-def wanted(environ: dict[str, str], raw: bytes) -> bool:
-    """Cheap first look, before any parsing: could this call use the helper at all?"""
-    value = environ.get("CNI_BRIDGE_HELPER")
-    return value != "0" if value is not None else CONFIG_KEY.encode() in raw
-
-
 def mode(environ: dict[str, str], doc: dict[str, Any]) -> str:
     """off (the default), on, or require (tests: never in-process, proves the helper ran it).
 
