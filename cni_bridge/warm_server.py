@@ -72,7 +72,7 @@ def serve(path: str) -> int:
             conn, _ = listener.accept()
             last_request = time.monotonic()
             if _peer_allowed(conn, own_namespaces):
-                _fork_child(conn, listener)
+                _fork_child(conn, listener, lock)
             conn.close()
     finally:
         _remove_if_ours(path, listener_ino)
@@ -134,7 +134,7 @@ def _peer_allowed(conn: socket.socket, own_namespaces: tuple[int, int]) -> bool:
         return False
 
 
-def _fork_child(conn: socket.socket, listener: socket.socket) -> None:
+def _fork_child(conn: socket.socket, listener: socket.socket, lock: int) -> None:
     try:
         pid = os.fork()
     except OSError:
@@ -144,6 +144,7 @@ def _fork_child(conn: socket.socket, listener: socket.socket) -> None:
     code = 0
     try:
         listener.close()
+        os.close(lock)  # a child outliving a killed helper must not keep the next one from starting
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _serve_one(conn)

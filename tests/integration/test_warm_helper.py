@@ -215,7 +215,9 @@ def test_sigkill_mid_add_then_del_leaves_nothing(node: Node, victim: str) -> Non
     pid = warm_up(node, conf)
     links_before, rules_before = node.link_names(), rules(node)
     outcomes = []
-    for attempt in range(4):
+    for attempt in range(10):  # kill at random moments; a child that finished first proves nothing
+        if outcomes.count(11) >= 2 or (victim == "helper" and attempt == 4):
+            break
         container = node.add_container()
         cid = f"cbt-kill-{attempt}"
         env = {"PATH": PATH, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": container.path,
@@ -226,7 +228,7 @@ def test_sigkill_mid_add_then_del_leaves_nothing(node: Node, victim: str) -> Non
         proc.stdin.write(json.dumps({**conf, "stateDir": node.state_dir}).encode())
         proc.stdin.close()
         children = wait_for(lambda: [p for p in warm.helper_processes() if parent(p) == pid], timeout=5)
-        time.sleep(random.uniform(0.0, 0.04))
+        time.sleep(random.uniform(0.0, 0.02))
         for target in (children if victim == "child" else [pid]):
             try:
                 os.kill(target, signal.SIGKILL)
