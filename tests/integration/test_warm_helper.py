@@ -214,7 +214,7 @@ def test_sigkill_mid_add_then_del_leaves_nothing(node: Node, victim: str) -> Non
     conf = firewall_conf(node)
     pid = warm_up(node, conf)
     links_before, rules_before = node.link_names(), rules(node)
-    outcomes = []
+    outcomes: list[int] = []
     for attempt in range(10):  # kill at random moments; a child that finished first proves nothing
         if outcomes.count(11) >= 2 or (victim == "helper" and attempt == 4):
             break
