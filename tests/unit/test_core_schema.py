@@ -59,6 +59,7 @@ BASE: dict[str, Any] = {
     "ipMasqBackend": "iptables",
     "backend": "iptables",
     "firewallBackend": "iptables",
+    "warmHelper": False,
     "mtu": 1500,
     "hairpinMode": False,
     "promiscMode": False,
