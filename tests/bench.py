@@ -149,7 +149,10 @@ class LibcniClient:
 
     def __init__(self, node: str, conflist: str, cache_dir: str, plugin_path: Sequence[str],
                  env: dict[str, str]) -> None:
-        environment = [f"{k}={v}" for k, v in {"PATH": PATH, **env}.items()]
+        # `env -i`: the client, and through libcni the plugins, see only this environment. The
+        # single file's bundle cache goes with it (see main), never the host's.
+        cache = {"CNI_BRIDGE_CACHE_DIR": os.environ["CNI_BRIDGE_CACHE_DIR"]} if "CNI_BRIDGE_CACHE_DIR" in os.environ else {}
+        environment = [f"{k}={v}" for k, v in {"PATH": PATH, **cache, **env}.items()]
         argv = ["ip", "netns", "exec", node, "env", "-i", *environment,
                 CLIENT, "-conflist", conflist, "-cache", cache_dir, "-path", ":".join(plugin_path)]
         # Its own session: Ctrl-C reaches this script only, which then stops the client itself.
@@ -348,7 +351,8 @@ def startups() -> dict[str, Startup]:
     version = ["CNI_COMMAND=VERSION", f"PATH={PATH}"]
     request = '{"cniVersion":"1.0.0"}'
     return {
-        "cni-bridge VERSION": Startup([PLUGIN], version, request),
+        "cni-bridge VERSION": Startup([PLUGIN], [*version, f"CNI_BRIDGE_CACHE_DIR={os.environ['CNI_BRIDGE_CACHE_DIR']}"],
+                                      request),
         f"{PYTHON} -I -S -c pass": Startup([PYTHON, "-I", "-S", "-c", "pass"], [f"PATH={PATH}"], ""),
         "reference bridge VERSION": Startup([f"{REF_DIR}/bridge"], version, request),
     }
@@ -545,6 +549,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    # The single file extracts its bundle on first start: into the run's own cache, never the
+    # host's (libcni hands its environment on to the plugins). The warm-up run extracts.
+    plugin_dir = tempfile.mkdtemp(prefix="cbt-bench-bin-")
+    os.environ["CNI_BRIDGE_CACHE_DIR"] = f"{plugin_dir}/cache"
     prerequisites()
     cases = all_cases()
     if args.cases:
@@ -557,10 +565,6 @@ def main() -> None:
     load_before = os.getloadavg()
     bench = Bench(args)
     # libcni finds a plugin by its type in the plugin path: a directory with cni-bridge in it.
-    plugin_dir = tempfile.mkdtemp(prefix="cbt-bench-bin-")
-    # The single file extracts its bundle on first start: into the run's own cache, never the
-    # host's (libcni hands its environment on to the plugins). Run 0, not counted, extracts.
-    os.environ["CNI_BRIDGE_CACHE_DIR"] = f"{plugin_dir}/cache"
     interrupted = ""
     try:
         with interrupts_as_keyboard_interrupt():
