@@ -40,6 +40,37 @@ class AttachmentRules:
     internal: bool = False
 
 
+@record(frozen=True)
+class FamilyFacts:
+    """An attachment's facts grouped by address family (4 and 6): what every rule scheme
+    builds from. ``mappings`` pair each port mapping with the host address it is published
+    on in that family ("" for any)."""
+
+    addresses: dict[int, list[tuple[str, str]]]  # (container address, its subnet)
+    subnets: dict[int, list[str]]
+    excludes: dict[int, list[str]]
+    mappings: dict[int, list[tuple[PortMapping, str]]]
+
+
+def by_family(rules: AttachmentRules) -> FamilyFacts:
+    """The attachment's addresses, subnets, masquerade exclusions and published ports, per family."""
+    from .portmap import mapping_families
+    facts = FamilyFacts({4: [], 6: []}, {4: [], 6: []}, {4: [], 6: []}, {4: [], 6: []})
+    for ip, prefixlen in rules.ips:
+        family, address = parse_address(ip, "ips[]")
+        facts.addresses[family].append((address, parse_network(f"{address}/{prefixlen}", "ips[]")[1]))
+    for cidr in rules.subnets:
+        family, network = parse_network(cidr, "subnets[]")
+        facts.subnets[family].append(network)
+    for cidr in rules.masq_exclude:
+        family, network = parse_network(cidr, "ipMasqExclude[]")
+        facts.excludes[family].append(network)
+    for i, pm in enumerate(rules.port_mappings):
+        for family, address in mapping_families(pm.host_ip, f"runtimeConfig.portMappings[{i}].hostIP"):
+            facts.mappings[family].append((pm, address))
+    return facts
+
+
 def fail(what: str) -> CniError:
     return CniError(INVALID_CONFIG, what)
 

@@ -58,8 +58,7 @@ from __future__ import annotations
 
 from ...network.naming import attachment_digest
 from ...records import record
-from ..model import parse_address, parse_network, validate
-from ..portmap import mapping_families
+from ..model import by_family, validate
 from .syntax import comment_match, printable_comment
 
 TYPE_CHECKING = False
@@ -223,22 +222,8 @@ def build(rules: AttachmentRules) -> tuple[FamilyRules, ...]:
     validate(rules)
     digest = attachment_digest(rules.network, rules.container_id, rules.ifname)
     c = comment_match(attachment_comment(rules.network, rules.container_id, rules.ifname))
-    addresses: dict[int, list[tuple[str, str]]] = {4: [], 6: []}  # family -> [(ip, its subnet)]
-    for ip, prefixlen in rules.ips:
-        family, address = parse_address(ip, "ips[]")
-        addresses[family].append((address, parse_network(f"{address}/{prefixlen}", "ips[]")[1]))
-    subnets: dict[int, list[str]] = {4: [], 6: []}
-    for cidr in rules.subnets:
-        family, network = parse_network(cidr, "subnets[]")
-        subnets[family].append(network)
-    excludes: dict[int, list[str]] = {4: [], 6: []}
-    for cidr in rules.masq_exclude:
-        family, network = parse_network(cidr, "ipMasqExclude[]")
-        excludes[family].append(network)
-    mappings: dict[int, list[tuple[PortMapping, str]]] = {4: [], 6: []}
-    for i, pm in enumerate(rules.port_mappings):
-        for family, address in mapping_families(pm.host_ip, f"runtimeConfig.portMappings[{i}].hostIP"):
-            mappings[family].append((pm, address))
+    facts = by_family(rules)
+    addresses, subnets, excludes, mappings = facts.addresses, facts.subnets, facts.excludes, facts.mappings
 
     plans = []
     for family in (4, 6):

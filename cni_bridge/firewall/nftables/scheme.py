@@ -87,8 +87,7 @@ from __future__ import annotations
 
 from ...network.naming import attachment_digest
 from ...records import record
-from ..model import parse_address, parse_network, validate
-from ..portmap import mapping_families
+from ..model import by_family, validate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -405,22 +404,10 @@ def build(rules: AttachmentRules) -> Plan | None:
     validate(rules)
     c = attachment_comment(rules.network, rules.container_id, rules.ifname)
     br = rules.bridge
-    addresses: dict[int, list[tuple[str, str]]] = {4: [], 6: []}  # family -> [(ip, its subnet)]
-    for ip, prefixlen in rules.ips:
-        family, address = parse_address(ip, "ips[]")
-        addresses[family].append((address, parse_network(f"{address}/{prefixlen}", "ips[]")[1]))
-    subnets: dict[int, list[str]] = {4: [], 6: []}
-    for cidr in rules.subnets:
-        family, network = parse_network(cidr, "subnets[]")
-        subnets[family].append(network)
-    excludes: dict[int, list[str]] = {4: [], 6: []}
-    for cidr in rules.masq_exclude:
-        family, network = parse_network(cidr, "ipMasqExclude[]")
-        excludes[family].append(network)
-    mappings: dict[int, list[tuple[str, str, int, int]]] = {4: [], 6: []}  # (host ip, proto, host, container port)
-    for i, pm in enumerate(rules.port_mappings):
-        for family, address in mapping_families(pm.host_ip, f"runtimeConfig.portMappings[{i}].hostIP"):
-            mappings[family].append((address, pm.protocol, pm.host_port, pm.container_port))
+    facts = by_family(rules)
+    addresses, subnets, excludes = facts.addresses, facts.subnets, facts.excludes
+    mappings = {family: [(address, pm.protocol, pm.host_port, pm.container_port) for pm, address in published]
+                for family, published in facts.mappings.items()}  # (host ip, proto, host port, container port)
 
     items: list[Item] = []
     used: dict[str, tuple[Item, ...]] = {}
