@@ -148,6 +148,10 @@ def _attachment_from_json(doc: dict[str, Any]) -> Attachment:
     )
 
 
+def _temp_of(path: str) -> str:
+    return f"{path}.tmp"
+
+
 def _current_generation() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
@@ -231,8 +235,12 @@ class Store:
 
     @staticmethod
     def _write(path: str, data: bytes) -> None:
-        """Replace a file atomically: readers see the old or the new content, never half."""
-        tmp = f"{path}.tmp{os.getpid()}"
+        """Replace a file atomically: readers see the old or the new content, never half.
+
+        Every write happens under the flock, so one temp name per file suffices; a writer
+        killed halfway leaves exactly `<path>.tmp`, which the next write replaces and the
+        removal of `path` removes too (forget, drop_user)."""
+        tmp = _temp_of(path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
         try:
             os.write(fd, data)
@@ -283,6 +291,7 @@ class Store:
     def forget(self, key: str) -> None:
         try:
             self._unlink(self._attachment_path(key))
+            self._unlink(_temp_of(self._attachment_path(key)))
         except OSError as exc:
             raise _error("remove", self._attachment_path(key), exc) from None
 
@@ -361,6 +370,7 @@ class Store:
             self._unlink(os.path.join(directory, _USER_PREFIX + me))
             if not self.users(unit, key):
                 self._unlink(os.path.join(directory, _DEF_NAME))
+                self._unlink(_temp_of(os.path.join(directory, _DEF_NAME)))
                 self._rmdir(directory)
         except OSError as exc:
             raise _error("update", directory, exc) from None

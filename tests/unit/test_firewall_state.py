@@ -167,3 +167,21 @@ def test_absent_parts_of_a_shared_resource() -> None:
                                      f"{resource.rules[0].saved}\nCOMMIT\n")
     assert syntax.absent([saved], resource.chains, resource.rules) == ([], [resource.rules[1]])
     assert syntax.absent([], resource.chains, resource.rules) == (list(resource.chains), list(resource.rules))
+
+
+def test_debris_of_a_write_killed_halfway_goes_with_the_file(tmp_path: Path) -> None:
+    """A writer SIGKILLed between creating the temp file and renaming it leaves `<file>.tmp`:
+    the removal of the file takes it too, so the state directory ends up empty."""
+    record = att("c1")
+    resource = IptablesDriver().shared("forward", "4")
+    with Store(str(tmp_path)) as store:
+        store.save(record)
+        store.add_user("4", resource, record.key, created=True)
+        (tmp_path / "attachments" / f"{record.key}.json.tmp").write_text("{half")
+        (tmp_path / "shared" / "4" / "forward" / "def.json.tmp").write_text("{half")
+        assert [key for key, _ in store.attachments()] == [record.key]
+        assert store.users("4", "forward") == [record.key]
+        store.drop_user("4", "forward", record.key)
+        store.forget(record.key)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["generation", "lock"]
+    assert not (tmp_path / "shared" / "4" / "forward").exists()
