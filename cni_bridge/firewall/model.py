@@ -10,6 +10,10 @@ if TYPE_CHECKING:
     from .portmap import PortMapping
 
 PROTOCOLS = ("tcp", "udp", "sctp")
+# Every backend tags what it installs with these words, so an operator greps one format and
+# GC finds an attachment's leftovers by them: "cni-bridge net=<net> id=<cid> if=<ifname>".
+COMMENT_PREFIX = "cni-bridge "
+SHARED_COMMENT_PREFIX = "cni-bridge shared="
 WILDCARD = {4: "0.0.0.0", 6: "::"}
 
 
@@ -69,6 +73,19 @@ def by_family(rules: AttachmentRules) -> FamilyFacts:
         for family, address in mapping_families(pm.host_ip, f"runtimeConfig.portMappings[{i}].hostIP"):
             facts.mappings[family].append((pm, address))
     return facts
+
+
+def parse_attachment_comment(comment: str) -> tuple[str, str, str] | None:
+    """(network, container ID, ifname) of an attachment comment, None if it is not one."""
+    parts = comment.split(" ")
+    if len(parts) != 4 or parts[0] != COMMENT_PREFIX.strip():
+        return None
+    fields = []
+    for part, name in zip(parts[1:], ("net=", "id=", "if=")):
+        if not part.startswith(name):
+            return None
+        fields.append(part[len(name):])
+    return fields[0], fields[1], fields[2]
 
 
 def fail(what: str) -> CniError:

@@ -10,6 +10,7 @@ import pytest
 
 from cni_bridge.errors import INVALID_CONFIG, CniError
 from cni_bridge.firewall.iptables import scheme, syntax
+from cni_bridge.firewall.model import parse_attachment_comment
 from cni_bridge.firewall.iptables.scheme import Rule
 from cni_bridge.firewall.model import AttachmentRules
 from cni_bridge.firewall.portmap import Claim, PortMapping, claims
@@ -186,7 +187,7 @@ def test_comment_with_odd_characters_is_escaped_and_parsed_back() -> None:
     assert '--comment "cni-bridge net=n1 id=c1 if=e\\"t\\\'h\\\\"' in spec
     comment = syntax.comment_of(spec)
     assert comment is not None
-    assert scheme.parse_attachment_comment(comment) == ("n1", "c1", "e\"t'h\\")
+    assert parse_attachment_comment(comment) == ("n1", "c1", "e\"t'h\\")
 
 
 def test_comment_control_characters_and_length() -> None:
@@ -387,8 +388,8 @@ def test_target_and_comment_of() -> None:
     assert syntax.target_of("-p tcp -j DNAT --to-destination 1.2.3.4:5") == "DNAT"
     assert syntax.comment_of(spec) == "cni-bridge net=n1 id=c1 if=eth0"
     assert syntax.comment_of("-j ACCEPT") is None
-    assert scheme.parse_attachment_comment("cni-bridge shared=forward") is None
-    assert scheme.parse_attachment_comment("something else entirely") is None
+    assert parse_attachment_comment("cni-bridge shared=forward") is None
+    assert parse_attachment_comment("something else entirely") is None
 
 
 def test_shared_definitions_are_fixed_by_key() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from cni_bridge.errors import INVALID_CONFIG, CniError
 from cni_bridge.firewall.model import AttachmentRules
+from cni_bridge.firewall.model import parse_attachment_comment
 from cni_bridge.firewall.nftables import scheme, syntax
 from cni_bridge.firewall.portmap import PortMapping
 
@@ -178,8 +179,8 @@ def test_an_attachment_without_addresses_needs_nothing() -> None:
 
 def test_comments_name_the_attachment_and_read_back() -> None:
     assert scheme.attachment_comment("n1", "c1", "eth0") == C
-    assert scheme.parse_attachment_comment(C) == ("n1", "c1", "eth0")
-    assert scheme.parse_attachment_comment("cni-bridge shared=bridge:br0") is None
+    assert parse_attachment_comment(C) == ("n1", "c1", "eth0")
+    assert parse_attachment_comment("cni-bridge shared=bridge:br0") is None
 
 
 @pytest.mark.parametrize(("network", "container_id", "ifname"), [
@@ -192,7 +193,7 @@ def test_a_comment_that_cannot_be_plain_is_keyed_by_the_attachment_hash(network:
     comment = scheme.attachment_comment(network, container_id, ifname)
     assert len(comment.encode()) <= scheme.COMMENT_MAX
     assert comment.startswith("cni-bridge key=") and '"' not in comment and "\\" not in comment
-    assert scheme.parse_attachment_comment(comment) is None
+    assert parse_attachment_comment(comment) is None
     assert comment != scheme.attachment_comment(network, container_id + "x", ifname)
 
 

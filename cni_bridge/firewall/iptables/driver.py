@@ -7,6 +7,7 @@ import os
 
 from ...network.naming import attachment_digest
 from ..driver import Identity, Shared, UnitPlan
+from ..model import parse_attachment_comment
 from . import scheme, tools
 from .scheme import Rule, SharedRules
 from .syntax import Saved, absent, comment_of, missing, parse_save, render_add, render_cleanup, render_delete
@@ -107,7 +108,7 @@ class IptablesDriver:
         owners = set()
         for _, spec in self._saved(unit, ("nat",))[0].rules:
             comment = comment_of(spec)
-            owner = scheme.parse_attachment_comment(comment) if comment else None
+            owner = parse_attachment_comment(comment) if comment else None
             if owner is not None and owner[0] == network:
                 owners.add(Identity(*owner))
         return owners

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from ...network.naming import attachment_digest
 from ...records import record
-from ..model import by_family, validate
+from ..model import COMMENT_PREFIX, SHARED_COMMENT_PREFIX, by_family, validate
 from .syntax import comment_match, printable_comment
 
 TYPE_CHECKING = False
@@ -80,8 +80,6 @@ _HASH_DIGITS = MAX_CHAIN_NAME - len(MASQ_CHAIN_PREFIX)  # 17 hex digits, 68 bits
 # xt_multiport takes at most 15 ports per rule.
 MULTIPORT_MAX = 15
 
-COMMENT_PREFIX = "cni-bridge "
-SHARED_COMMENT_PREFIX = "cni-bridge shared="
 
 
 _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
@@ -138,19 +136,6 @@ def dnat_chain(digest: str) -> str:
 
 def attachment_comment(network: str, container_id: str, ifname: str) -> str:
     return printable_comment(f"{COMMENT_PREFIX}net={network} id={container_id} if={ifname}")
-
-
-def parse_attachment_comment(comment: str) -> tuple[str, str, str] | None:
-    """(network, container ID, ifname) from an attachment comment, None if it is not one."""
-    parts = comment.split(" ")
-    if len(parts) != 4 or parts[0] != COMMENT_PREFIX.strip():
-        return None
-    fields = []
-    for part, name in zip(parts[1:], ("net=", "id=", "if=")):
-        if not part.startswith(name):
-            return None
-        fields.append(part[len(name):])
-    return fields[0], fields[1], fields[2]
 
 
 def _unique(items: Iterable[str]) -> list[str]:

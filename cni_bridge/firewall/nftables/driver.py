@@ -5,6 +5,7 @@ that chain (compat.py). One unit, ``inet``: both families live in the one table.
 from __future__ import annotations
 
 from ..driver import Identity, Shared, UnitPlan
+from ..model import parse_attachment_comment
 from . import compat, scheme, syntax, tools
 
 TYPE_CHECKING = False
@@ -88,7 +89,7 @@ class NftablesDriver:
         _check_unit(unit)
         owners = set()
         for _, _, _, comment in _listed().elements():
-            owner = scheme.parse_attachment_comment(comment)
+            owner = parse_attachment_comment(comment)
             if owner is not None and owner[0] == network:
                 owners.add(Identity(*owner))
         return owners

@@ -87,7 +87,7 @@ from __future__ import annotations
 
 from ...network.naming import attachment_digest
 from ...records import record
-from ..model import by_family, validate
+from ..model import COMMENT_PREFIX, SHARED_COMMENT_PREFIX, by_family, validate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -101,8 +101,6 @@ if TYPE_CHECKING:
 
 FAMILY = "inet"
 TABLE = "cni-bridge"
-COMMENT_PREFIX = "cni-bridge "
-SHARED_COMMENT_PREFIX = "cni-bridge shared="
 # nft's own parser refuses longer comments (NFTNL_UDATA_COMMENT_MAXLEN): a saved ruleset
 # with one could not be loaded back with `nft -f`.
 COMMENT_MAX = 128
@@ -308,19 +306,6 @@ def attachment_comment(network: str, container_id: str, ifname: str) -> str:
     key = attachment_digest(network, container_id, ifname)[:32]
     text = "".join(c if _plain_comment_char(c) else "?" for c in f"{COMMENT_PREFIX}key={key} {plain[len(COMMENT_PREFIX):]}")
     return text.encode()[:COMMENT_MAX].decode(errors="ignore")
-
-
-def parse_attachment_comment(comment: str) -> tuple[str, str, str] | None:
-    """(network, container ID, ifname) of a plain attachment comment, else None."""
-    parts = comment.split(" ")
-    if len(parts) != 4 or parts[0] != COMMENT_PREFIX.strip():
-        return None
-    fields = []
-    for part, name in zip(parts[1:], ("net=", "id=", "if=")):
-        if not part.startswith(name):
-            return None
-        fields.append(part[len(name):])
-    return fields[0], fields[1], fields[2]
 
 
 # --- shared resources -------------------------------------------------------------------
