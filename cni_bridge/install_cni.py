@@ -37,6 +37,7 @@ from .records import record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
     from typing import Any
 
     Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -378,18 +379,7 @@ def write_atomically(path: str, content: bytes) -> str:
     with _DirectoryLock(directory) as dir_fd:
         _remove_stale_temporaries(directory, f".{name}.")
         temp = os.path.join(directory, f".{name}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.fchmod(fd, 0o644)  # whatever the umask
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(temp)
-            raise
-        os.close(fd)
+        _create_synced(temp, 0o644, (content,))
         os.rename(temp, path)
         os.fsync(dir_fd)
     return outcome
@@ -455,23 +445,33 @@ def _same_file_content(first: str, second: str) -> bool:
                 return True
 
 
-def _copy_synced(source: str, destination: str) -> None:
-    """A full copy, mode 0755 whatever the umask, on disk before it gets its real name: after a
-    power cut the plugin is the old one or the new one, whole."""
-    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o755)
+def _create_synced(path: str, mode: int, chunks: Iterable[bytes]) -> None:
+    """A new file (never an existing one) holding `chunks`, with `mode` whatever the umask,
+    on disk before it gets its real name; removed again if anything fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        os.fchmod(fd, 0o755)
-        with open(source, "rb") as handle:
-            while chunk := handle.read(COPY_CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+        os.fchmod(fd, mode)
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(destination)
+        os.unlink(path)
         raise
     os.close(fd)
+
+
+def _chunks_of(source: str) -> Iterator[bytes]:
+    with open(source, "rb") as handle:
+        while chunk := handle.read(COPY_CHUNK):
+            yield chunk
+
+
+def _copy_synced(source: str, destination: str) -> None:
+    """A full copy, mode 0755: after a power cut the plugin is the old one or the new one, whole."""
+    _create_synced(destination, 0o755, _chunks_of(source))
 
 
 def _remove_old_bundles(bin_dir: str, keep: str) -> list[str]:
