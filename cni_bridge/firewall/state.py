@@ -31,7 +31,9 @@ and the generation check below discards records older than the current tables.
 
 Generation: if the boot ID or the network namespace differs from the one recorded, the
 tables these files describe no longer exist (reboot, or a new namespace reusing a state
-directory); the records are deleted before use, so stale claims cannot block ports.
+directory); the records are deleted before use, so stale claims cannot block ports. A boot
+ID that cannot be read (cni_bridge/boot.py) proves nothing, so the records are kept; the
+IPAM store follows the same rule for its reservations (ipam/boot_scope.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import fcntl
 import json
 import os
 
+from ..boot import current_boot_id
 from ..errors import FIREWALL_FAILURE, PORT_CONFLICT, CniError
 from ..network.naming import attachment_digest
 from ..records import record
@@ -152,17 +155,30 @@ def _temp_of(path: str) -> str:
     return f"{path}.tmp"
 
 
+_UNKNOWN_BOOT = "unknown"
+
+
 def _current_generation() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = "unknown"
+    boot = current_boot_id() or _UNKNOWN_BOOT
     try:
         netns = os.stat("/proc/thread-self/ns/net").st_ino
     except OSError:
         netns = 0
     return f"{boot} {netns}"
+
+
+def _is_other_generation(recorded: str, current: str) -> bool:
+    """True when the tables the records describe are certainly gone.
+
+    Another namespace, or another boot when both boots are known. A boot that cannot be
+    determined now or could not then is no evidence of a reboot (the IPAM store treats
+    it alike, ipam/boot_scope.py), so the records stay.
+    """
+    recorded_boot, _, recorded_netns = recorded.partition(" ")
+    boot, _, netns = current.partition(" ")
+    if recorded_netns != netns:
+        return True
+    return _UNKNOWN_BOOT not in (recorded_boot, boot) and recorded_boot != boot
 
 
 def _remove_tree(path: str) -> None:
@@ -225,8 +241,11 @@ class Store:
             raise _error("read", path, exc) from None
         if recorded == current:
             return
+        stale = bool(recorded) and _is_other_generation(recorded, current)
+        if recorded and not stale and current.startswith(_UNKNOWN_BOOT + " "):
+            return  # keep the known boot recorded: it still decides at the next readable call
         try:
-            if recorded:
+            if stale:
                 for name in ("attachments", "shared", "ports"):
                     _remove_tree(self._path(name))
             self._write(path, (current + "\n").encode())
