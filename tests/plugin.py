@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from cni_bridge.ipam.boot_scope import RECORD_NAME as BOOT_RECORD
 from cni_bridge.network.naming import host_veth_name
 from tests import nstools, warm
 from tests.onefile_builds import session_executable
@@ -371,13 +372,13 @@ def kind(link: dict[str, Any]) -> str:
 
 
 def reservations(data_dir: str, network: str) -> dict[str, str]:
-    """``{ip: file content}`` of the host-local store (no lock, no last_reserved_ip.*)."""
+    """``{ip: file content}`` of the host-local store (no lock, boot record or last_reserved_ip.*)."""
     directory = os.path.join(data_dir, network)
     if not os.path.isdir(directory):
         return {}
     out = {}
     for entry in sorted(os.listdir(directory)):
-        if entry == "lock" or entry.startswith("last_reserved_ip."):
+        if entry in ("lock", BOOT_RECORD) or entry.startswith("last_reserved_ip."):
             continue
         with open(os.path.join(directory, entry), encoding="utf-8", errors="surrogateescape", newline="") as handle:
             out[entry] = handle.read()

@@ -7,7 +7,7 @@ import os
 
 from ..errors import INVALID_CONFIG, PLUGIN_NOT_AVAILABLE, CniError
 from ..result import DNS, IPConfig, Result
-from . import allocator
+from . import allocator, boot_scope
 from .store import Store
 
 TYPE_CHECKING = False
@@ -51,7 +51,10 @@ class HostLocal:
     def add(self) -> Result:
         cid, ifname = self.request.attachment
         requested = [ipaddress.ip_address(ip) for ip in self.request.requested_ips]
-        allocations = allocator.allocate(self.store, self.ipam.range_sets, cid, ifname, requested)
+        with self.store.lock():
+            mark = boot_scope.settle(self.store)
+            allocations = allocator.allocate(self.store, self.ipam.range_sets, cid, ifname, requested)
+            boot_scope.mark_reserved(self.store, (a.ip for a in allocations), mark)
         result = Result(
             ips=[IPConfig(address=f"{a.ip}/{a.prefixlen}", gateway=str(a.gateway) if a.gateway else "")
                  for a in allocations],
@@ -71,8 +74,15 @@ class HostLocal:
     def gc(self, valid: frozenset[tuple[str, str]]) -> list[str]:
         if not self._exists():
             return []
-        _, errors = allocator.gc(self.store, valid)
-        return [str(e) for e in errors]
+        with self.store.lock():
+            try:
+                boot_scope.settle(self.store, mark_unknown=True)
+            except CniError as exc:  # GC goes on: the reservations it releases do not depend on the boot
+                problems = [str(exc)]
+            else:
+                problems = []
+            _, errors = allocator.gc(self.store, valid)
+        return problems + [str(e) for e in errors]
 
     def status(self) -> None:
         directory = self.store.directory
@@ -84,6 +94,11 @@ class HostLocal:
             raise CniError(PLUGIN_NOT_AVAILABLE, f"host-local store {directory} is not writable")
         if not self._exists():
             return
+        try:
+            with self.store.lock():
+                boot_scope.settle(self.store, mark_unknown=True)  # an earlier boot's reservations are not "in use"
+        except CniError as exc:
+            raise CniError(PLUGIN_NOT_AVAILABLE, exc.msg, exc.details) from None
         for index, range_set in enumerate(self.ipam.range_sets):
             if not allocator.has_free_address(self.store, range_set):
                 raise CniError(PLUGIN_NOT_AVAILABLE, f"no free address in range set {index} ({range_set})",
