@@ -125,11 +125,13 @@ def _mark(path: str, mark: int) -> None:
         os.utime(path, ns=(mark, mark), follow_symlinks=False)
 
 
-def settle(store: Store, *, mark_unknown: bool = False) -> int | None:
+def settle(store: Store, *, mark_unknown: bool = False, errors: list[CniError] | None = None) -> int | None:
     """Release what an earlier boot reserved; returns this boot's mark (None: unknown boot).
 
     Called under the store's lock. With mark_unknown (GC, STATUS: they read the whole
     store anyway) files without the mark, which the reference made, get it now.
+    A reservation that cannot be released is reported in errors and stays, as it would
+    have without boot scoping: it must not make every ADD of the boot fail.
     """
     boot = current_boot_id()
     if boot is None:
@@ -146,9 +148,13 @@ def settle(store: Store, *, mark_unknown: bool = False) -> int | None:
     for ip, file, mtime in _reservation_times(store):
         # Without a readable record of another boot nothing is known to be old.
         if recorded is not None and mtime == old_mark:
-            store.release(ip)
-        else:
-            survivors.append(file)
+            try:
+                store.release(ip)
+                continue
+            except CniError as exc:
+                if errors is not None:
+                    errors.append(exc)
+        survivors.append(file)  # marked as this boot's: the next boot tries again
     mark = _write_record(path, boot)
     for file in survivors:
         _mark(file, mark)

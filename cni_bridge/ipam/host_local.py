@@ -74,15 +74,14 @@ class HostLocal:
     def gc(self, valid: frozenset[tuple[str, str]]) -> list[str]:
         if not self._exists():
             return []
+        problems: list[CniError] = []
         with self.store.lock():
             try:
-                boot_scope.settle(self.store, mark_unknown=True)
+                boot_scope.settle(self.store, mark_unknown=True, errors=problems)
             except CniError as exc:  # GC goes on: the reservations it releases do not depend on the boot
-                problems = [str(exc)]
-            else:
-                problems = []
+                problems.append(exc)
             _, errors = allocator.gc(self.store, valid)
-        return problems + [str(e) for e in errors]
+        return [str(e) for e in problems + errors]
 
     def status(self) -> None:
         directory = self.store.directory

@@ -11,6 +11,7 @@ the mount namespace, and so the boot, it started in.
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -289,3 +290,24 @@ def test_the_reference_ignores_the_boot_record(node: BootNode) -> None:
     with open(record, encoding="ascii") as f:
         assert f.read() == content
     assert os.stat(record).st_mtime_ns == mtime
+
+
+def test_a_stale_reservation_that_cannot_be_released_blocks_nothing(node: BootNode) -> None:
+    conf = new_conf(node)
+    node.new_boot()
+    v4, v6 = addresses(node.add(conf, "a-1", node.add_container()))
+    stuck = os.path.join(conf["ipam"]["dataDir"], conf["name"], v4)
+    subprocess.run(["chattr", "+i", stuck], check=True)
+    try:
+        node.new_boot()
+        r = node.run("GC", gc_conf(conf, "a-1"))
+        assert r.code == 112 and v4 in r.msg, r  # GC says what it could not release ...
+        assert held(conf) == {v4: "a-1"}  # ... and released the rest
+        node.add(conf, "b-1", node.add_container())  # an ADD of the same boot does not trip over it
+    finally:
+        subprocess.run(["chattr", "-i", stuck], check=True)
+    node.ok("STATUS", conf)
+    assert set(held(conf).values()) == {"a-1", "b-1"}
+    node.new_boot()  # a boot later it goes
+    node.ok("STATUS", conf)
+    assert held(conf) == {}
