@@ -1,7 +1,9 @@
 """The result cache, in libcni's format, so cni-bridge and cnitool can read each other's entries.
 
 ``CACHE_DIR/results/NETNAME-CONTAINERID-IFNAME`` holds ``kind: cniCacheV1``, the list's config
-(base64, as Go encodes bytes), the runtime arguments and the final ADD result.
+(base64, as Go encodes bytes), the runtime arguments and the final ADD result. Our entries add
+``cniBridgeBootId``, the boot they were written in (libcni ignores keys it does not know): an
+attachment cached in an earlier boot is gone, whatever its netns path says now.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CACHE_DIR = "/var/lib/cni"
 KIND = "cniCacheV1"
+BOOT_KEY = "cniBridgeBootId"
 
 
 @record(frozen=True)
@@ -29,6 +32,16 @@ class CachedAttachment:
     cni_args: tuple[tuple[str, str], ...]
     capability_args: dict[str, Any]
     result: dict[str, Any] | None
+    boot_id: str | None = None  # None: written by another tool, or when the boot was unknown
+
+    @property
+    def from_an_earlier_boot(self) -> bool:
+        """Certainly made before this boot: both boots known and different."""
+        if self.boot_id is None:
+            return False
+        from ..boot import current_boot_id
+        boot = current_boot_id()
+        return boot is not None and boot != self.boot_id
 
 
 class ResultCache:
@@ -50,6 +63,10 @@ class ResultCache:
         if capability_args:
             entry["capabilityArgs"] = capability_args
         entry["result"] = result
+        from ..boot import current_boot_id
+        boot = current_boot_id()
+        if boot is not None:
+            entry[BOOT_KEY] = boot
         path = self.path(network, container_id, ifname)
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
@@ -95,9 +112,11 @@ class ResultCache:
             return None
         pairs = doc.get("cniArgs") or []
         result = doc.get("result")
+        boot = doc.get(BOOT_KEY)
         return CachedAttachment(
             network=str(doc.get("networkName", "")), container_id=str(doc.get("containerId", "")),
             ifname=str(doc.get("ifName", "")), netns=str(doc.get("netns", "")),
             cni_args=tuple((str(p[0]), str(p[1])) for p in pairs if isinstance(p, list) and len(p) == 2),
             capability_args=doc.get("capabilityArgs") or {},
-            result=result if isinstance(result, dict) and result else None)
+            result=result if isinstance(result, dict) and result else None,
+            boot_id=boot if isinstance(boot, str) and boot else None)

@@ -38,15 +38,17 @@ final result so that check and del can hand it to the plugins later.
 
 commands
   add      attach NETNS to NETNAME: ADD through every plugin in list order; prints the result.
-           Refused if the attachment is already cached. If a plugin fails, the plugins are
+           Refused if the attachment is already cached (in this boot: an entry of an earlier
+           boot is deleted first, as gc would). If a plugin fails, the plugins are
            called with DEL (in reverse order) so nothing stays half attached.
   check    CHECK every plugin against the cached result (cniVersion 0.4.0 or later).
   del      DEL through every plugin in reverse order with the cached result; drops the cache.
            check and del use the CNI_ARGS and CAP_ARGS cached by add unless they are given again.
-  gc       DEL every cached attachment of NETNAME whose netns no longer exists, then GC every
-           plugin with the remaining cached attachments as cni.dev/valid-attachments
-           (cniVersion 1.1.0 or later). The cache is taken as the complete list of live
-           attachments: do not run gc on a network that a container runtime also uses.
+  gc       DEL every cached attachment of NETNAME whose netns no longer exists or that was
+           added in an earlier boot, then GC every plugin with the remaining cached
+           attachments as cni.dev/valid-attachments (cniVersion 1.1.0 or later). The cache
+           is taken as the complete list of live attachments: do not run gc on a network
+           that a container runtime also uses.
            (cnitool gc deletes every cached attachment; this one keeps live ones.)
   status   STATUS of every plugin (cniVersion 1.1.0 or later); exit 0 when all are ready.
   install-cni
@@ -179,7 +181,8 @@ def _run(command: str, options: dict[str, str], positional: list[str], environ: 
 
 
 def _gc(runner: ListRunner, netlist: NetworkList) -> int:
-    report = runner.gc(netlist, lambda entry: not entry.netns or not os.path.exists(entry.netns))
+    report = runner.gc(netlist, lambda entry: not entry.netns or not os.path.exists(entry.netns)
+                       or entry.from_an_earlier_boot)
     for line in ([f"deleted stale attachment {a}" for a in report.deleted]
                  + [f"kept attachment {a}" for a in report.valid]
                  + [f"collected {p}" for p in report.collected]):

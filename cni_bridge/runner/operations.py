@@ -36,6 +36,13 @@ class Attachment:
         return ";".join(f"{k}={v}" for k, v in self.cni_args)
 
 
+def stale_attachment(entry: CachedAttachment) -> Attachment:
+    """The attachment of a stale cache entry, for its DEL. The netns path of one from an earlier
+    boot may name a namespace made since (a bare name re-added), which is not that container's."""
+    netns = "" if entry.from_an_earlier_boot else entry.netns
+    return Attachment(entry.container_id, netns, entry.ifname, entry.cni_args, entry.capability_args)
+
+
 def _at_least(version: str, minimum: str) -> bool:
     try:
         return versions.at_least(version, minimum)
@@ -104,7 +111,11 @@ class ListRunner:
     # --- the list commands --------------------------------------------------------------
 
     def add(self, netlist: NetworkList, attachment: Attachment) -> dict[str, Any]:
-        if self.cache.read(netlist.name, attachment.container_id, attachment.ifname) is not None:
+        earlier = self.cache.read(netlist.name, attachment.container_id, attachment.ifname)
+        if earlier is not None and earlier.from_an_earlier_boot:
+            # Gone with the reboot: what the plugins may still hold for it is released first, as gc would.
+            self.delete(netlist, stale_attachment(earlier))
+        elif earlier is not None:
             raise CniError(INTERFACE_EXISTS, f"{attachment.ifname} of container {attachment.container_id} is already "
                            f"attached to network {netlist.name!r}",
                            f"cached in {self.cache.path(netlist.name, attachment.container_id, attachment.ifname)}; "
@@ -179,10 +190,8 @@ class ListRunner:
                 valid.append({"containerID": entry.container_id, "ifname": entry.ifname})
                 report.valid.append(f"{entry.container_id}/{entry.ifname}")
                 continue
-            attachment = Attachment(entry.container_id, entry.netns, entry.ifname, entry.cni_args,
-                                    entry.capability_args)
             try:
-                self.delete(netlist, attachment)
+                self.delete(netlist, stale_attachment(entry))
                 report.deleted.append(f"{entry.container_id}/{entry.ifname}")
             except CniError as error:
                 report.errors.append(f"failed to delete stale attachment {entry.container_id} {entry.ifname}: {error}")

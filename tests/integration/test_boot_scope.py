@@ -10,6 +10,7 @@ the mount namespace, and so the boot, it started in.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -20,7 +21,10 @@ import pytest
 
 from cni_bridge.boot import BOOT_ID_PATH
 from cni_bridge.ipam.boot_scope import RECORD_NAME
+from tests import nstools
 from tests.plugin import (
+    BIN,
+    PATH,
     REF_HOST_LOCAL,
     SKIP_REASON,
     Container,
@@ -311,3 +315,43 @@ def test_a_stale_reservation_that_cannot_be_released_blocks_nothing(node: BootNo
     node.new_boot()  # a boot later it goes
     node.ok("STATUS", conf)
     assert held(conf) == {}
+
+
+def test_the_runner_forgets_attachments_of_an_earlier_boot(node: BootNode) -> None:
+    """The runner's result cache agrees: an entry of an earlier boot does not block an add of the
+    same attachment (a bare netns name made again after the reboot), and gc drops it even while a
+    namespace of that path exists; neither touches the namespace the path names now."""
+    conf_dir, cache_dir, bin_dir = node.temp_dir(), node.temp_dir(), node.temp_dir()
+    os.symlink(os.path.realpath(BIN), os.path.join(bin_dir, "cni-bridge"))
+    net = node.net_name()
+    plugin = new_conf(node)
+    with open(os.path.join(conf_dir, f"10-{net}.conflist"), "w", encoding="utf-8") as f:
+        json.dump({"cniVersion": "1.1.0", "name": net, "plugins": [{**plugin, "stateDir": node.state_dir}]}, f)
+    conf = {**plugin, "name": net}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": PATH, "NETCONFPATH": conf_dir, "CNI_PATH": bin_dir, "CNI_CACHE_DIR": cache_dir}
+        return subprocess.run([*node.launcher(env), BIN, *args], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+
+    web, old = node.add_container(), node.add_container()
+    node.new_boot()
+    assert run("add", net, web.name, "--container-id", "web").returncode == 0
+    assert run("add", net, old.path, "--container-id", "old").returncode == 0
+    again = run("add", net, old.path, "--container-id", "old")
+    assert again.returncode == 1 and "already attached" in again.stderr, again  # same boot: refused
+
+    node.new_boot()
+    r = run("add", net, old.path, "--container-id", "old")
+    assert r.returncode == 0, r
+    # The reboot took web's namespace; the same name is made again, for something else.
+    nstools.delete_netns(web.name)
+    subprocess.run(["ip", "netns", "add", web.name], check=True)
+    kind = node.add_plain_link("eth0", web)
+    r = run("gc", net)
+    assert r.returncode == 0 and r.stdout.splitlines()[:2] == ["deleted stale attachment web/eth0",
+                                                               "kept attachment old/eth0"], r
+    assert sorted(os.listdir(os.path.join(cache_dir, "results"))) == [f"{net}-old-eth0"]
+    assert set(held(conf).values()) == {"old"}
+    link = node.existing_link("eth0", web)  # the stale DEL did not enter the namespace now at that path
+    assert (link.get("linkinfo") or {}).get("info_kind") == kind

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from cni_bridge.boot import current_boot_id
 from cni_bridge.errors import CniError
 from cni_bridge.runner import cli
 from cni_bridge.runner.cache import CachedAttachment, ResultCache
@@ -262,6 +263,7 @@ def test_cache_write_in_libcni_format(tmp_path: Path) -> None:
         "cniArgs": [["IP", "10.1.2.3"], ["K", "v"]],
         "capabilityArgs": {"portMappings": [{"hostPort": 80, "containerPort": 8080}]},
         "result": RESULT,
+        "cniBridgeBootId": current_boot_id(),  # an extra key, which libcni ignores
     }
     assert base64.b64decode(doc["config"]) == raw
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -282,7 +284,7 @@ def test_cache_round_trip_and_delete(tmp_path: Path) -> None:
     cache.write("net", "c", "eth0", "/run/netns/c", b"{}", (("A", "1"),), {"x": 1}, RESULT)
     assert cache.read("net", "c", "eth0") == CachedAttachment(
         network="net", container_id="c", ifname="eth0", netns="/run/netns/c", cni_args=(("A", "1"),),
-        capability_args={"x": 1}, result=RESULT)
+        capability_args={"x": 1}, result=RESULT, boot_id=current_boot_id())
     assert cache.read("net", "c", "eth1") is None
     cache.write("net", "c", "eth0", "/run/netns/c", b"{}", (), {}, {**RESULT, "dns": {}})  # overwrite
     entry = cache.read("net", "c", "eth0")
