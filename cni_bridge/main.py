@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         return run(argv, environ)
     if environ.get("CNI_BRIDGE_HELPER_SERVE") and not environ.get("CNI_COMMAND"):
         from .warm_server import serve
-        return serve(environ["CNI_BRIDGE_HELPER_SERVE"])
+        return serve(environ["CNI_BRIDGE_HELPER_SERVE"], environ.get("CNI_BRIDGE_HELPER_LOCK_FD"))
     command = environ.get("CNI_COMMAND", "")
     if not command:
         _describe()
@@ -130,7 +130,7 @@ def execute(command: str, environ: dict[str, str], raw: bytes | None = None, *, 
         if command == "VERSION":
             _version(raw)
             return 0
-        if helper_allowed and command in _HELPED_COMMANDS and _helper_wanted(environ, raw):
+        if helper_allowed and command in _HELPED_COMMANDS:
             return _run_helped(raw, environ, state, command)
         return _run_command(command, raw, environ, state)
     except CniError as error:
@@ -149,15 +149,9 @@ def execute(command: str, environ: dict[str, str], raw: bytes | None = None, *, 
         return 1
 
 
-def _helper_wanted(environ: dict[str, str], raw: bytes) -> bool:
-    """A first look that imports nothing, so a plugin with the helper off pays nothing for it
-    (warm_client.mode decides for good once the config is parsed)."""
-    value = environ.get("CNI_BRIDGE_HELPER")
-    return value != "0" if value is not None else b"warmHelper" in raw
-
-
 def _run_helped(raw: bytes, environ: dict[str, str], state: dict[str, str], command: str) -> int:
-    """The warm helper's answer if it took the request; else in-process, then start a helper."""
+    """The warm helper's answer if it took the request; else in-process, then start a helper
+    (warm_client.mode says whether it is wanted: by default it is)."""
     from .warm_client import hand_over
     handed = hand_over(raw, environ)
     if handed.rc is not None:

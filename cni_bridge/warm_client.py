@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 HELPED_COMMANDS = frozenset(("ADD", "DEL", "CHECK", "GC", "STATUS"))
 DEFAULT_STATE_DIR = "/run/cni-bridge"
 SERVE_VARIABLE = "CNI_BRIDGE_HELPER_SERVE"
+LOCK_FD_VARIABLE = "CNI_BRIDGE_HELPER_LOCK_FD"  # the spawner's locked descriptor, handed to the helper
+LOCK_FD = 3
 READY, GO, DONE = b"R", b"G", b"D"
 READY_TIMEOUT = 2.0  # seconds a busy helper may take to fork before we run in-process
 REQUIRE_WAIT = 10.0  # seconds "require" mode waits for a freshly started helper
@@ -35,15 +37,21 @@ REQUIRE_WAIT = 10.0  # seconds "require" mode waits for a freshly started helper
 CONFIG_KEY = "warmHelper"
 
 
-def mode(environ: dict[str, str], doc: dict[str, Any]) -> str:
-    """off (the default), on, or require (tests: never in-process, proves the helper ran it).
+OFF_VALUES = frozenset(("0", "false", "no", "off"))
 
-    CNI_BRIDGE_HELPER (0, 1, require) wins; without it the config's "warmHelper": true turns it on.
+
+def mode(environ: dict[str, str], doc: dict[str, Any]) -> str:
+    """on (the default), off, or require (tests: never in-process, proves the helper ran it).
+
+    CNI_BRIDGE_HELPER wins (0/false/no/off, require, anything else on); without it the
+    config's "warmHelper": false turns it off.
     """
     value = environ.get("CNI_BRIDGE_HELPER")
     if value is None:
-        return "on" if doc.get(CONFIG_KEY) is True else "off"
-    return {"1": "on", "require": "require"}.get(value, "off")
+        return "off" if doc.get(CONFIG_KEY) is False else "on"
+    if value.lower() in OFF_VALUES:
+        return "off"
+    return "require" if value == "require" else "on"
 
 
 def build_id() -> str:
@@ -99,9 +107,9 @@ def hand_over(raw: bytes, environ: dict[str, str]) -> HandOver:
     if doc is None or mode(environ, doc) == "off":
         return HandOver()
     state_dir = _state_dir(doc)
-    # Only a stateDir this plugin already keeps state in (its lock file exists) and can write to:
-    # a helper never is the first thing to appear in a directory, nor tries a read-only one.
-    if state_dir is None or not os.path.exists(os.path.join(state_dir, "lock")) or not os.access(state_dir, os.W_OK):
+    # Only a stateDir that exists and that we can write to: the helper never creates the
+    # directory (the first stateful command does), nor tries a read-only one.
+    if state_dir is None or not os.path.isdir(state_dir) or not os.access(state_dir, os.W_OK):
         return HandOver()
     try:
         path = socket_path(state_dir)
@@ -211,33 +219,50 @@ def _write_error(code: int, msg: str, details: str) -> None:
 def spawn_helper(path: str) -> None:
     """Start a helper for ``path`` in our namespaces, detached; it exits when idle or outdated.
 
-    Several first calls may race here: the helper takes a lock, and the losers exit at once.
+    The spawner takes the helper's lock itself and hands the locked descriptor down: of many
+    first calls at once, one spawns and the others see the lock held, so no crowd of helpers
+    starts only to exit. Only a caller whose parent (the runtime) shares its mount namespace
+    spawns one: ``ip netns exec plugin`` makes a new mount namespace for that one call, whose
+    helper no later call could reach; it would idle for nothing, one per call.
     """
-    if _helper_holds_lock(path):
-        return  # one is starting (or busy starting its children): do not pile up more
-    if getattr(sys, "frozen", False):
-        argv = [sys.executable]
-    else:
-        argv = [sys.executable, "-m", "cni_bridge"]
-    env = {SERVE_VARIABLE: path, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDWR, 0),
-               (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
+    if not _mount_namespace_outlives_us():
+        return
+    lock = _lock_for_spawning(path)
+    if lock is None:
+        return  # a helper holds it (or one is being started): do not pile up more
     try:
+        if getattr(sys, "frozen", False):
+            argv = [sys.executable]
+        else:
+            argv = [sys.executable, "-m", "cni_bridge"]
+        env = {SERVE_VARIABLE: path, LOCK_FD_VARIABLE: str(LOCK_FD), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDWR, 0),
+                   (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2),
+                   (os.POSIX_SPAWN_DUP2, lock, LOCK_FD)]  # dup2 leaves the copy inheritable
         os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
     except OSError:
         pass  # no helper this time: the plugin works without one
+    finally:
+        os.close(lock)  # the helper's copy keeps the lock (flock belongs to the open file)
 
 
-def _helper_holds_lock(path: str) -> bool:
+def _mount_namespace_outlives_us() -> bool:
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino == os.stat(f"/proc/{os.getppid()}/ns/mnt").st_ino
+    except OSError:
+        return False
+
+
+def _lock_for_spawning(path: str) -> int | None:
+    """The helper lock of ``path``, taken; None when someone holds it."""
     import fcntl
     try:
         fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing drops our probe lock at once
-    return False
+        os.close(fd)
+        return None
+    return fd

@@ -25,10 +25,11 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from typing import Any
 
-from .warm_client import DONE, GO, READY, build_id, namespace_ids
+from .warm_client import DONE, GO, LOCK_FD_VARIABLE, READY, build_id, namespace_ids
 
 IDLE_SECONDS = 120.0
 CHECK_EVERY = 2.0  # how often an idle helper looks at its executable and socket
@@ -48,8 +49,8 @@ WARM_MODULES = (
 )
 
 
-def serve(path: str) -> int:
-    lock = _take_lock(path)
+def serve(path: str, inherited_lock: str | None = None) -> int:
+    lock = _take_lock(path, inherited_lock)
     if lock is None:
         return 0  # another helper serves this path
     os.umask(0o077)
@@ -58,7 +59,8 @@ def serve(path: str) -> int:
     own_namespaces = namespace_ids()
     listener = _listen(path)
     listener_ino = os.stat(path).st_ino
-    os.write(lock, f"{os.getpid()}\n".encode())
+    served = 0
+    _record(lock, served)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -73,21 +75,39 @@ def serve(path: str) -> int:
             last_request = time.monotonic()
             if _peer_allowed(conn, own_namespaces):
                 _fork_child(conn, listener, lock)
+                served += 1
+                _record(lock, served)
             conn.close()
     finally:
         _remove_if_ours(path, listener_ino)
     return 0
 
 
-def _take_lock(path: str) -> int | None:
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _take_lock(path: str, inherited: str | None) -> int | None:
+    """The lock next to the socket: the one the spawning plugin took and handed down (its
+    descriptor number in CNI_BRIDGE_HELPER_LOCK_FD), else taken here."""
+    if inherited is not None and inherited.isdigit():
+        fd = int(inherited)
+        try:
+            if os.fstat(fd).st_ino != os.stat(path + ".lock").st_ino:
+                return None  # not the lock of this path: the spawner's lock was replaced
+            os.set_inheritable(fd, False)
+        except OSError:
+            return None
+    else:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a no-op on the inherited, locked file
     except OSError:
         os.close(fd)
         return None
     os.ftruncate(fd, 0)
     return fd
+
+
+def _record(lock: int, served: int) -> None:
+    """``<pid> <requests served>`` in the lock file, for people (and tests) to see it at work."""
+    os.pwrite(lock, f"{os.getpid()} {served}\n".encode(), 0)
 
 
 def _warm_up() -> None:
@@ -163,13 +183,47 @@ def _serve_one(conn: socket.socket) -> None:
     conn.settimeout(None)
     os.setsid()  # out of the helper's session: a signal to the helper's group misses running requests
     _adopt_caller(header, fds)
+    finished = _die_with_caller(conn)
     captured = io.BytesIO()
     sys.stdout = io.TextIOWrapper(captured, encoding="utf-8", write_through=True)
     from .main import execute
     rc = execute(header["env"]["CNI_COMMAND"], header["env"], raw, helper_allowed=False)
     sys.stdout.flush()
     out = captured.getvalue()
+    # The caller's pipes are closed before it gets the answer: a runtime reading them to the
+    # end (as Go's exec does) never waits for this child to exit.
+    _release_caller_streams()
+    finished.set()
     conn.sendall(DONE + bytes([rc & 0xFF]) + len(out).to_bytes(4, "big") + out)
+
+
+def _die_with_caller(conn: socket.socket) -> threading.Event:
+    """SIGKILL this child when its caller goes away mid-request.
+
+    A runtime that times a plugin out kills it, then usually sends DEL. An in-process plugin
+    dies there and then; so does the request here, instead of finishing after that DEL (which
+    would leave its links and rules behind). The caller sends nothing after GO, so the only
+    thing a read can return is the end of the connection.
+    """
+    finished = threading.Event()
+
+    def watch() -> None:
+        try:
+            conn.recv(1)
+        except OSError:
+            pass
+        if not finished.is_set():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return finished
+
+
+def _release_caller_streams() -> None:
+    null = os.open("/dev/null", os.O_WRONLY)
+    for target in (1, 2):
+        os.dup2(null, target)
+    os.close(null)
 
 
 def _receive_request(conn: socket.socket) -> tuple[dict[str, Any], bytes, list[int]]:

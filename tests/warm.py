@@ -50,3 +50,27 @@ def kill_helpers_in(netns_path: str) -> list[int]:
     while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}/ns") for pid in victims):
         time.sleep(0.01)
     return victims
+
+
+def served_requests(state_dir: str) -> int:
+    """Requests the helpers of ``state_dir`` have handed to a child: each helper keeps
+    ``<pid> <served>`` in its ``helper-*.sock.lock``."""
+    total = 0
+    for name in os.listdir(state_dir) if os.path.isdir(state_dir) else []:
+        if name.startswith("helper-") and name.endswith(".sock.lock"):
+            with open(os.path.join(state_dir, name), encoding="ascii") as handle:
+                fields = handle.read().split()
+            total += int(fields[1]) if len(fields) == 2 and fields[1].isdigit() else 0
+    return total
+
+
+def is_helper_file(name: str) -> bool:
+    """A warm helper's socket or lock in a stateDir (not plugin state)."""
+    return name.startswith("helper-") and name.endswith((".sock", ".sock.lock"))
+
+
+def assert_served(mode: str, state_dir: str, at_least: int) -> None:
+    """With the helper required (a node's mode), its helpers served that many requests."""
+    if mode == "require":
+        served = served_requests(state_dir)
+        assert served >= at_least, f"the warm helper served {served} requests, expected at least {at_least}"
