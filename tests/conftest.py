@@ -10,6 +10,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # "integration" is registered in pyproject.toml.
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The `node` fixture in each helper mode its module runs in ([helper-off], [helper-require])."""
+    if "node" not in metafunc.fixturenames:
+        return
+    from tests.plugin import helper_modes
+    modes = helper_modes(metafunc.module.__name__)
+    if modes != ["off"]:
+        metafunc.parametrize("node", modes, indirect=True, ids=[f"helper-{mode}" for mode in modes])
+
+
 def _host_snapshot() -> dict[str, str]:
     """What the test hygiene rules promise to leave as it was on the real host."""
     import os

@@ -289,7 +289,8 @@ disabled_plugins = [{disabled}]
                 *self.redirected(self.daemon_redirects(), [str(CONTAINERD), "--config", config])]
         with open(os.path.join(self.root, "containerd.log"), "wb") as log:
             self.daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           env={"PATH": PATH}, start_new_session=True, preexec_fn=_die_with_parent)
+                                           env={"PATH": PATH, **self.node.helper_env()}, start_new_session=True,
+                                           preexec_fn=_die_with_parent)
         deadline = time.monotonic() + TIMEOUT
         while True:
             if self.daemon.poll() is not None:

@@ -37,10 +37,20 @@ REF_DIR = "/usr/lib/cni"
 REF_HOST_LOCAL = os.path.join(REF_DIR, "host-local")
 REF_STATIC = os.path.join(REF_DIR, "static")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# How the node runs the plugin: "off" in-process (as before), "require" through the warm helper
-# (every request that has a stateDir must be served by a helper), "both" parametrizes the node.
-HELPER_MODE = os.environ.get("CNI_BRIDGE_TEST_HELPER", "off")
-HELPER_PARAMS = {"off": None, "require": ["require"], "both": ["off", "require"]}[HELPER_MODE]
+# How a node runs the plugin (Node.helper): "off" in-process (CNI_BRIDGE_HELPER=0), "require"
+# through the warm helper (every request whose stateDir exists must be served by a helper),
+# "default" as an operator's runtime does (no setting: the helper is on). CNI_BRIDGE_TEST_HELPER
+# picks the modes of the `node` fixture: "off", "require", "both" for every module, or "auto"
+# (the default): both for the datapath, firewall and runtime modules (HELPER_MODULES), off elsewhere.
+HELPER_MODE = os.environ.get("CNI_BRIDGE_TEST_HELPER", "auto")
+HELPER_MODULES = ("test_datapath_", "test_firewall_", "test_podman", "test_cri", "test_containerd")
+
+
+def helper_modes(module: str) -> list[str]:
+    """The helper modes a test module's nodes run in."""
+    if HELPER_MODE == "auto":
+        return ["off", "require"] if module.rsplit(".", 1)[-1].startswith(HELPER_MODULES) else ["off"]
+    return {"off": ["off"], "require": ["require"], "both": ["off", "require"]}[HELPER_MODE]
 ALL_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
 
@@ -256,12 +266,16 @@ class Node:
             out = None
         return PluginRun(proc.returncode, out, proc.stderr.decode(errors="replace"), stdout)
 
+    def helper_env(self) -> dict[str, str]:
+        """CNI_BRIDGE_HELPER for this node's mode, for whatever runs the plugin (a runtime too)."""
+        return {} if self.helper == "default" else {"CNI_BRIDGE_HELPER": "0" if self.helper == "off" else self.helper}
+
     def launcher(self, env: dict[str, str]) -> list[str]:
         """How to enter the node. `ip netns exec` makes a new mount namespace on every call, so
         no helper would ever be reused: with the helper on, only the network namespace is entered."""
-        if self.helper != "off":
-            env.setdefault("CNI_BRIDGE_HELPER", self.helper)
-        if env.get("CNI_BRIDGE_HELPER", "0") == "0":
+        for key, value in self.helper_env().items():
+            env.setdefault(key, value)
+        if env.get("CNI_BRIDGE_HELPER") == "0":
             return ["ip", "netns", "exec", self.name]
         return ["nsenter", f"--net={nstools.netns_path(name=self.name)}"]
 
@@ -396,9 +410,10 @@ def _root_link_names() -> set[str]:
     return {link["ifname"] for link in json.loads(out)}
 
 
-@pytest.fixture(params=HELPER_PARAMS, ids=lambda mode: f"helper-{mode}")
+@pytest.fixture
 def node(request: pytest.FixtureRequest) -> Iterator[Node]:
     """A node namespace (lo up); everything it made is deleted afterwards, also on failure.
+    Its helper mode comes from the test's parameter (tests/conftest.py: helper_modes).
 
     Afterwards the root namespace must hold no bridge or host veth of this test: a plugin that
     failed to stay inside the node namespace would show up here.

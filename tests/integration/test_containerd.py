@@ -53,6 +53,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.network.naming import host_veth_name
+from tests import warm
 from tests.containerd_harness import (RUN_DIR, RUNC, TIMEOUT, ContainerdDaemon, entries_named, guarded, node_rules,
                                       read_text, records_naming, skip_reason)
 from tests.plugin import PATH, Node, node, reservations, token  # noqa: F401
@@ -167,7 +168,8 @@ class Containerd(ContainerdDaemon):
                              "--runc-binary", RUNC, image, name, "sh", "-c", script)
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=err, env={"PATH": PATH}, bufsize=0,
+                                    stdout=subprocess.PIPE, stderr=err, env={"PATH": PATH, **self.node.helper_env()},
+                                    bufsize=0,
                                     start_new_session=True)
         self.procs.append(proc)
         return CtrRun(proc, f"{self.namespace}-{name}", err_path)
@@ -368,6 +370,7 @@ def test_ctr_run_cni_container_gets_its_network_from_cni_bridge_and_del_releases
     left = [v for v in node.veths() if not v.startswith("cbtup0")]  # the uplink may be a veth pair
     assert left == [], f"veths left in the node: {left}"
     assert_host_untouched(containerd)
+    warm.assert_served(node.helper, net.state_dir, at_least=2)  # ADD and DEL
 
 
 def test_ctr_run_cni_two_containers_on_the_bridge_del_after_a_failing_command_and_a_kill(
@@ -404,3 +407,4 @@ def test_ctr_run_cni_two_containers_on_the_bridge_del_after_a_failing_command_an
     assert reservations(net.data_dir, net.name) == {}
     assert node_rules(node, "cni-bridge") == [], "rules of cni-bridge left after its last attachment"
     assert_host_untouched(containerd)
+    warm.assert_served(node.helper, net.state_dir, at_least=4)  # two ADDs and two DELs

@@ -53,6 +53,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.network.naming import host_veth_name
+from tests import warm
 from tests.containerd_harness import guarded, nft_tables, node_rules, read_text
 from tests.cri_harness import (INDEX, WEB_COMMAND, WGET, CniNetwork, CriContainerd, Pod, cni_bridge_network,
                                http_get, skip_reason, url)
@@ -195,6 +196,7 @@ def assert_network_empty(node: Node, cri: CriContainerd, net: CniNetwork) -> Non
     results = os.path.join(cri.cache_dir, "results")
     assert not os.path.isdir(results) or os.listdir(results) == [], os.listdir(results)
     assert cri.listed_pods() == []
+    warm.assert_served(node.helper, net.state_dir, at_least=2)  # containerd's ADD and DELs went through it
 
 
 def teardown_pod(node: Node, cri: CriContainerd, net: CniNetwork, seen: Attached) -> None:  # noqa: F811

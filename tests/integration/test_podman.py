@@ -67,8 +67,8 @@ from typing import Any
 import pytest
 
 from cni_bridge.network.naming import host_veth_name
-from tests import nstools
-from tests.plugin import BIN, PATH, REF_DIR, REPO, SKIP_REASON, Node, reservations, token
+from tests import nstools, warm
+from tests.plugin import BIN, PATH, REF_DIR, REPO, SKIP_REASON, Node, helper_modes, reservations, token
 from tests.polling import wait_for
 from tests.rootfs import busybox_unavailable_reason, make_busybox_rootfs
 from tests.traffic import NODE_V4, NODE_V6, OUTSIDE_V4, OUTSIDE_V6, PYTHON, UPLINK, Lab, shutil_which
@@ -265,7 +265,7 @@ class Pod:
 
     def env(self) -> dict[str, str]:
         return {"PATH": PATH, "CONTAINERS_CONF": self.containers_conf, "HOME": self.dirs["home"],
-                "TMPDIR": self.dirs["vartmp"], "LANG": "C.UTF-8"}
+                "TMPDIR": self.dirs["vartmp"], "LANG": "C.UTF-8", **self.node.helper_env()}
 
     def podman(self, *args: str, check: bool = True,
                timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -340,6 +340,8 @@ class Pod:
         for top, _dirs, files in os.walk(self.state_dir):
             for name in files:
                 path = os.path.join(top, name)
+                if warm.is_helper_file(name):
+                    continue
                 if text in name or text in _read(path):
                     found.append(os.path.relpath(path, self.state_dir))
         return found
@@ -457,13 +459,17 @@ def _unmount_under(root: str) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
-@pytest.fixture(scope="module", params=["iptables", "nftables"])
+@pytest.fixture(scope="module", params=[(backend, helper) for backend in ("iptables", "nftables")
+                                        for helper in helper_modes(__name__)],
+                ids=lambda param: f"{param[0]}-helper-{param[1]}")
 def pod(request: pytest.FixtureRequest) -> Iterator[Pod]:
     """The node, its outside host, the podman environment and the cni-bridge network; afterwards
     every container, process, mount, cgroup and file of it is removed, also on failure. The
-    finalizer then checks that the network's last container took every rule with it."""
+    finalizer then checks that the network's last container took every rule with it, and
+    with the helper required, that the helper served podman's requests."""
     cache_existed = {path: os.path.isdir(path) for path in (LIBCNI_CACHE, LIBCNI_RESULTS)}
-    node = Node()
+    backend, helper = request.param
+    node = Node(helper)
     subreaper = False
     lab: Lab | None = None
     pod: Pod | None = None
@@ -471,7 +477,7 @@ def pod(request: pytest.FixtureRequest) -> Iterator[Pod]:
     try:
         subreaper = set_child_subreaper(True)
         lab = Lab(node, default_backend())
-        pod = Pod(lab, str(request.param))
+        pod = Pod(lab, backend)
         yield pod
         for name in reversed(pod.created):
             pod.podman("rm", "-f", "-t", "0", "--ignore", name, check=False)
@@ -487,9 +493,13 @@ def pod(request: pytest.FixtureRequest) -> Iterator[Pod]:
         if reservations(pod.data_dir, pod.net):
             problems.append(f"reservations left: {reservations(pod.data_dir, pod.net)}")
         records = [os.path.relpath(os.path.join(top, f), pod.state_dir)
-                   for top, _d, files in os.walk(pod.state_dir) for f in files if f not in ("lock", "generation")]
+                   for top, _d, files in os.walk(pod.state_dir) for f in files
+                   if f not in ("lock", "generation") and not warm.is_helper_file(f)]
         if records:
             problems.append(f"stateDir still holds {records}")
+        # Every ADD and DEL of the module: at least the web, client and removal containers'.
+        if helper == "require" and warm.served_requests(pod.state_dir) < 6:
+            problems.append(f"the warm helper served {warm.served_requests(pod.state_dir)} requests")
     finally:
         if pod is not None:
             pod.cleanup()
