@@ -1,6 +1,7 @@
 """Benchmark through libcni, the way container runtimes call a plugin: cni-bridge on each
-firewall backend next to the reference chain (bridge + host-local + portmap from
-/usr/lib/cni), interleaved in one run.
+firewall backend, cold (CNI_BRIDGE_HELPER=0) and with its warm helper (the default settings),
+next to the reference chain (bridge + host-local + portmap from /usr/lib/cni), interleaved in
+one run.
 
 Run as root: ./build.sh bench [--runs N] [--crowd N] [--cases KEY,...] [--port-keys lowercase|containerd]
 
@@ -41,7 +42,7 @@ from types import FrameType
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests import nstools  # noqa: E402
+from tests import nstools, warm  # noqa: E402
 from tests.conftest import _host_snapshot  # noqa: E402
 from tests.plugin import PATH, REF_DIR, Container, Node  # noqa: E402
 
@@ -109,6 +110,10 @@ class Case:
     rules_in: str  # where its rules must appear: iptables-nft, iptables-legacy or nftables
     ours: bool
     unavailable: str | None = None
+    helper: bool = False  # through the warm helper (on by default); the other cases of ours run cold
+
+
+COLD = {"CNI_BRIDGE_HELPER": "0"}
 
 
 def host_iptables_flavour() -> str:
@@ -131,10 +136,16 @@ def reference_nftables_missing() -> str | None:
 def all_cases() -> list[Case]:
     return [
         Case("nft", "cni-bridge iptables (nft)", cni_bridge_list("iptables"),
-             {"CNI_BRIDGE_IPTABLES": "nft"}, "iptables-nft", ours=True),
+             {"CNI_BRIDGE_IPTABLES": "nft", **COLD}, "iptables-nft", ours=True),
         Case("legacy", "cni-bridge iptables (legacy)", cni_bridge_list("iptables"),
-             {"CNI_BRIDGE_IPTABLES": "legacy"}, "iptables-legacy", ours=True),
-        Case("nftables", "cni-bridge nftables", cni_bridge_list("nftables"), {}, "nftables", ours=True),
+             {"CNI_BRIDGE_IPTABLES": "legacy", **COLD}, "iptables-legacy", ours=True),
+        Case("nftables", "cni-bridge nftables", cni_bridge_list("nftables"), COLD, "nftables", ours=True),
+        # The default settings: the helper starts on the first call (the warm-up run) and
+        # serves every timed one.
+        Case("warm-nft", "cni-bridge iptables (nft), warm helper", cni_bridge_list("iptables"),
+             {"CNI_BRIDGE_IPTABLES": "nft"}, "iptables-nft", ours=True, helper=True),
+        Case("warm-nftables", "cni-bridge nftables, warm helper", cni_bridge_list("nftables"), {}, "nftables",
+             ours=True, helper=True),
         Case("ref", "reference bridge+portmap (iptables)", reference_list(False), {}, host_iptables_flavour(),
              ours=False),
         Case("ref-nftables", "reference bridge+portmap (nftables)", reference_list(True), {}, "nftables",
@@ -212,6 +223,7 @@ class Network:
         try:
             work = self.node.temp_dir()
             place = Place(self.node.bridge_name(), subnet, f"{work}/ipam", f"{work}/state")
+            self.state_dir = place.state_dir
             conflist = f"{work}/bench.conflist"
             Path(conflist).write_text(json.dumps(
                 {"cniVersion": "1.0.0", "name": "bench", "plugins": case.plugins(place)}, indent=2))
@@ -259,7 +271,7 @@ class Network:
         """The first ADD shows whether the plugin did what the case asks for: a build that
         refuses the key, or that ignores it and programs another firewall, is not the case."""
         if answer.get("error"):
-            if self.case.key == "nftables":
+            if self.case.ours and self.case.rules_in == "nftables":
                 return f"{NA_NOT_IN_BUILD}: {answer['error'][:120]}"
             raise BenchError(f"{self.label}: first ADD: {answer['error']}")
         places = rule_places(self.node)
@@ -267,7 +279,7 @@ class Network:
         # nftables may come with some iptables besides: the column shows it, the case runs.
         if self.rules_found == self.case.rules_in or (self.case.rules_in == "nftables" and "nftables" in places):
             return None
-        if self.case.key == "nftables":
+        if self.case.ours and self.case.rules_in == "nftables":
             return f'{NA_NOT_IN_BUILD}: firewallBackend "nftables" was ignored, the rules went to {self.rules_found}'
         raise BenchError(f"{self.label}: rules expected in {self.case.rules_in}, found in {self.rules_found}")
 
@@ -296,6 +308,20 @@ class Network:
     def namespaces(self) -> set[str]:
         return {self.node.name, *(c.name for c in self.node.containers)}
 
+    def helper(self) -> HelperSeen:
+        """The warm helper of this network's node (none for a cold case): its memory, and the
+        requests it served (its lock file counts them)."""
+        target = os.stat(nstools.netns_path(name=self.node.name)).st_ino
+        processes = {pid for pid in warm.helper_processes() if warm.net_inode(pid) == target}
+        seen = HelperSeen(served=warm.served_requests(self.state_dir))
+        for pid in processes:
+            if parent_pid(pid) in processes:
+                continue  # a request child
+            status = Path(f"/proc/{pid}/status").read_text()
+            fields = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if line.startswith("Vm")}
+            seen.rss_kib.append((int(fields["VmRSS"]), int(fields["VmHWM"])))
+        return seen
+
     def close(self) -> None:
         """Stop the client and remove the node, its containers and temp dirs, whatever state
         they are in: the node namespace takes every rule and link with it."""
@@ -304,6 +330,19 @@ class Network:
                 self.client.close()
         finally:
             self.node.cleanup()
+
+
+@dataclass
+class HelperSeen:
+    served: int
+    rss_kib: list[tuple[int, int]] = field(default_factory=list)  # (VmRSS, VmHWM) of each helper process
+
+
+def parent_pid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def rule_places(node: Node) -> list[str]:
@@ -373,6 +412,7 @@ class Bench:
     spin: Samples = field(default_factory=Samples)
     teardown: dict[str, float] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)  # namespaces of networks closed early
+    helpers: dict[str, HelperSeen] = field(default_factory=dict)  # network label -> its helper after the runs
 
     def set_up(self, cases: list[Case], plugin_dir: str) -> None:
         for case in cases:
@@ -417,6 +457,17 @@ class Bench:
                     s.samples.add(answer)
             if run > 0:
                 self.spin.add(client.ask(op="spin", iterations=iterations))
+        self.check_helpers()
+
+    def check_helpers(self) -> None:
+        """The warm cases went through their helper (every timed ADD and DEL), the cold ones never."""
+        for network in self.networks:
+            seen = self.helpers[network.label] = network.helper()
+            if network.case.helper and (seen.served < 2 * self.args.runs or not seen.rss_kib):
+                raise BenchError(f"{network.label}: the warm helper served {seen.served} requests, "
+                                 f"not every timed one ({2 * self.args.runs})")
+            if not network.case.helper and (seen.served or seen.rss_kib):
+                raise BenchError(f"{network.label}: a cold case used a warm helper ({seen.served} requests)")
 
     def tear_down(self) -> None:
         for network in self.networks:
@@ -497,6 +548,14 @@ def report(bench: Bench, cases: list[Case], load_before: tuple[float, float, flo
                            for op in ("ADD", "DEL"))
         print(f"  {network.label:50s} {per_op}")
 
+    print("\nwarm helpers after the timed runs: requests served (from the helper's lock file), "
+          "VmRSS and peak VmHWM in MiB")
+    for network in bench.networks:
+        seen = bench.helpers.get(network.label)
+        if network.case.helper and seen is not None:
+            memory = ", ".join(f"{rss / 1024:.1f} (peak {hwm / 1024:.1f})" for rss, hwm in seen.rss_kib)
+            print(f"  {network.label:50s} served {seen.served:5d}   {memory}")
+
     print("\nstart-up, spawned by the libcni client as it spawns a plugin: ms min / median / max, peak RSS MiB")
     for name, s in bench.startup.items():
         print(f"  {name:48s} {ms(s.samples.seconds)}   {mib(next(iter(s.samples.rss_kib.values())))}")
@@ -541,7 +600,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--crowd", type=int, default=300,
                         help="residents of the crowded networks (default 300; 0 leaves them out)")
     parser.add_argument("--cases", default="",
-                        help="comma-separated case keys (nft, legacy, nftables, ref, ref-nftables); default all")
+                        help="comma-separated case keys (nft, legacy, nftables, warm-nft, warm-nftables, ref, "
+                             "ref-nftables); default all")
     parser.add_argument("--port-keys", choices=("lowercase", "containerd"), default="lowercase",
                         help="portMappings keys as cnitool, CRI-O and podman send them, or capitalised as containerd")
     return parser.parse_args()
