@@ -43,7 +43,7 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # picks the modes of the `node` fixture: "off", "require", "both" for every module, or "auto"
 # (the default): both for the datapath, firewall and runtime modules (HELPER_MODULES), off elsewhere.
 HELPER_MODE = os.environ.get("CNI_BRIDGE_TEST_HELPER", "auto")
-HELPER_MODULES = ("test_datapath_", "test_firewall_", "test_podman", "test_cri", "test_containerd")
+HELPER_MODULES = ("test_datapath_", "test_del_completes", "test_firewall_", "test_podman", "test_cri", "test_containerd")
 
 
 def helper_modes(module: str) -> list[str]:
