@@ -120,8 +120,7 @@ def hand_over(raw: bytes, environ: dict[str, str]) -> HandOver:
     required = mode(environ, doc) == "require"
     rc = _try(path, raw, environ)
     if rc is None and required:
-        spawn_helper(path)
-        deadline = _now() + REQUIRE_WAIT
+        deadline = _now() + (REQUIRE_WAIT if spawn_helper(path) else 0.0)
         while rc is None and _now() < deadline:
             _sleep(0.05)
             rc = _try(path, raw, environ)
@@ -216,8 +215,9 @@ def _write_error(code: int, msg: str, details: str) -> None:
     sys.stdout.flush()
 
 
-def spawn_helper(path: str) -> None:
+def spawn_helper(path: str) -> bool:
     """Start a helper for ``path`` in our namespaces, detached; it exits when idle or outdated.
+    False when no helper will come for this caller (see below).
 
     The spawner takes the helper's lock itself and hands the locked descriptor down: of many
     first calls at once, one spawns and the others see the lock held, so no crowd of helpers
@@ -226,10 +226,10 @@ def spawn_helper(path: str) -> None:
     helper no later call could reach; it would idle for nothing, one per call.
     """
     if not _mount_namespace_outlives_us():
-        return
+        return False
     lock = _lock_for_spawning(path)
     if lock is None:
-        return  # a helper holds it (or one is being started): do not pile up more
+        return True  # a helper holds it (or one is being started): do not pile up more
     try:
         if getattr(sys, "frozen", False):
             argv = [sys.executable]
@@ -241,9 +241,10 @@ def spawn_helper(path: str) -> None:
                    (os.POSIX_SPAWN_DUP2, lock, LOCK_FD)]  # dup2 leaves the copy inheritable
         os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
     except OSError:
-        pass  # no helper this time: the plugin works without one
+        return False  # no helper this time: the plugin works without one
     finally:
         os.close(lock)  # the helper's copy keeps the lock (flock belongs to the open file)
+    return True
 
 
 def _mount_namespace_outlives_us() -> bool:
