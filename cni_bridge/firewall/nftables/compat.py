@@ -25,7 +25,7 @@ from . import tools
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Collection, Iterable, Sequence
 
     from ..driver import Item
 
@@ -89,6 +89,21 @@ def install(items: Sequence[Item]) -> None:
         _, lost = absent([parse_save("filter", _save(flavour, family))], (), wanted)
         if lost:
             iptables.restore(family, render_add((), lost, ()), flavour)
+
+
+def restore(groups: Sequence[Sequence[Item]], picked: Collection[int]) -> list[int]:
+    """Put back the picked groups' accepts where a FORWARD policy drops and they are missing,
+    each where it stood (iptables/placement.py: `groups` oldest first); how many per group."""
+    from ..iptables.placement import render_restore
+    wanted = [((), _rules_of(items)) for items in groups]
+    counts = [0] * len(groups)
+    if not any(rules for _, rules in wanted):
+        return counts
+    for flavour, family in forward_chains(dropping_only=True):
+        batch, added = render_restore([parse_save("filter", _save(flavour, family))], wanted, picked)
+        iptables.restore(family, batch, flavour)
+        counts = [a + b for a, b in zip(counts, added)]
+    return counts
 
 
 def remove(items: Sequence[Item]) -> None:
