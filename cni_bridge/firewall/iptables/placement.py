@@ -3,8 +3,9 @@
 A chain's order is history: appended rules stand in the order they were added, inserted ones
 (``-I chain 1``) above everything older. Replaying the groups that added rules (shared
 resources and attachments, oldest first) gives the order our rules had in every chain. A
-missing rule goes back just above the next of ours that is still there, else just below the
-previous one of ours, else at the top (inserted rules) or the end (appended ones). So a
+missing rule goes back just above the next of ours that is still there; else an inserted
+rule goes to the top, or just below an inserted one of ours above it, and an appended rule
+to the end, as when it was first added (after the rules a reload put there first). So a
 flushed chain gets its rules back in the order it had them, rules that survived stay and are
 never repeated, and rules that are not ours stay where they are.
 
@@ -67,7 +68,7 @@ def _chain_lines(chain: str, present: list[str], expected: list[tuple[int, Rule]
             position = 0
         elif following is not None:
             position = simulated.index(following)
-        elif previous is not None:
+        elif rule.insert and previous is not None:
             position = (simulated.index(previous) if previous_at is None else previous_at) + 1
         else:
             position = len(simulated)
