@@ -95,10 +95,12 @@ def render_restore(saved: Sequence[Saved], groups: Sequence[Group], picked: Coll
                 declared.add((table, chain))
                 sections.setdefault(table, []).append(f":{chain} - [0:0]")
                 counts[index] += 1
+    listed: dict[tuple[str, str], list[str]] = {}
+    for table_listed in saved:
+        for name, spec in table_listed.rules:
+            listed.setdefault((table_listed.table, name), []).append(spec)
     for (table, chain), expected in expected_order(groups).items():
-        in_table = by_table.get(table)
-        present = [spec for name, spec in in_table.rules if name == chain] if in_table else []
-        lines = _chain_lines(chain, present, expected, picked, counts)
+        lines = _chain_lines(chain, listed.get((table, chain), []), expected, picked, counts)
         if lines:
             sections.setdefault(table, []).extend(lines)
     out: list[str] = []
