@@ -85,5 +85,6 @@ def run(argv: list[str], environ: dict[str, str]) -> int:
         if errors:
             failed = True
             sys.stderr.write(f"{PLUGIN_NAME} restore: {state_dir}: could not restore:\n")
-            sys.stderr.write("".join(f"  {line}\n" for line in errors))
+            # A kernel's message may take several lines: indented under its attachment.
+            sys.stderr.write("".join("  " + "\n      ".join(error.splitlines()) + "\n" for error in errors))
     return 1 if failed else 0

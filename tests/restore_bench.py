@@ -2,8 +2,8 @@
 
 Run as root, from the repository:
 
-    python -m tests.restore_bench restore [--bin dist/cni-bridge] [--sizes 1,100,1000] [--runs 5]
-    python -m tests.restore_bench add --tree DIR [--tree DIR ...] [--crowd 10] [--runs 60]
+    python -m tests.restore_bench restore [--bin dist/cni-bridge] [--sizes 1,100,1000] [--runs 5] [--backends nft,...]
+    python -m tests.restore_bench add --tree DIR [--tree DIR ...] [--crowd 10] [--runs 60] [--backends nft,...]
 
 ``restore``: in a throwaway namespace per backend (iptables-nft, iptables-legacy, nftables),
 N dual-stack attachments with ipMasq and a published port each on one bridge, a FORWARD
@@ -85,9 +85,9 @@ def spread(values: list[float]) -> str:
     return f"{min(values):8.1f} {statistics.median(values):8.1f} {max(values):8.1f}"
 
 
-def bench_restore(executable: str, sizes: list[int], runs: int) -> None:
+def bench_restore(executable: str, backends: list[str], sizes: list[int], runs: int) -> None:
     print(f"{'backend':9} {'attachments':>11} {'case':14} {'min':>8} {'median':>8} {'max':>8}  (ms, {runs} runs)")
-    for backend in BACKENDS:
+    for backend in backends:
         for size in sizes:
             with nstools.throwaway_netns(prefix="cbrb") as (ns,), tempfile.TemporaryDirectory() as tmp:
                 state = str(Path(tmp, "state"))
@@ -121,9 +121,9 @@ print((middle - start) * 1000)
 """
 
 
-def bench_add(trees: list[Path], crowd: int, runs: int) -> None:
+def bench_add(trees: list[Path], backends: list[str], crowd: int, runs: int) -> None:
     print(f"{'backend':9} {'tree':28} {'install min':>11} {'median':>8} {'max':>8}  (ms, {runs} runs, {crowd} residents)")
-    for backend in BACKENDS:
+    for backend in backends:
         driver = "nftables" if backend == "nftables" else "iptables"
         with nstools.throwaway_netns(prefix="cbrb") as (ns,), tempfile.TemporaryDirectory() as tmp:
             state = str(Path(tmp, "state"))
@@ -153,11 +153,14 @@ def main() -> None:
     a.add_argument("--tree", action="append", type=Path, required=True)
     a.add_argument("--crowd", type=int, default=10)
     a.add_argument("--runs", type=int, default=60)
+    for p in (r, a):
+        p.add_argument("--backends", default=",".join(BACKENDS))
     args = parser.parse_args()
+    backends = args.backends.split(",")
     if args.what == "restore":
-        bench_restore(os.path.abspath(args.bin), [int(s) for s in args.sizes.split(",")], args.runs)
+        bench_restore(os.path.abspath(args.bin), backends, [int(s) for s in args.sizes.split(",")], args.runs)
     else:
-        bench_add([t.resolve() for t in args.tree], args.crowd, args.runs)
+        bench_add([t.resolve() for t in args.tree], backends, args.crowd, args.runs)
 
 
 if __name__ == "__main__":

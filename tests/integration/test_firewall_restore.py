@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests import nstools
-from tests.firewall_node import BACKENDS, IPTABLES, PORTS, Node, NodeFactory, attachment, node_of  # noqa: F401
+from tests.firewall_node import BACKENDS, IPTABLES, PORTS, REPO, Node, NodeFactory, attachment, node_of  # noqa: F401
 
 pytestmark = [
     pytest.mark.integration,
@@ -164,7 +165,7 @@ def test_restore_names_an_attachment_whose_rules_the_kernel_refuses(node_of: Nod
         node.iptables(family, "-t", "nat", "-X")
     done = node.restore()
     assert done.returncode == 1, done
-    lines = [line for line in done.stderr.splitlines() if line.startswith("  ")]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("  ") and not line.startswith("      ")]
     assert lines and all("container c2 ifname eth0 (network n1)" in line for line in lines), done.stderr
     assert "ADMIN-MARK" in done.stderr, done.stderr
     node.ok("check", rules=plain)
@@ -186,3 +187,18 @@ def test_check_of_a_flushed_attachment_points_to_restore(node: Node) -> None:
     node.nft("flush", "ruleset") if node.nftables else flush(node, "iptables -t nat -F", ("", ""))
     error = node.error("check", rules=doc)
     assert error["code"] == 108 and "cni-bridge restore" in error["msg"], error
+
+
+def test_restore_usage(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cni_bridge", "restore", *args], capture_output=True, text=True,
+                              cwd=REPO, check=False)
+    done = run("--help")
+    assert done.returncode == 0 and "--state-dir DIR" in done.stdout
+    done = run("--bogus")
+    assert done.returncode == 2 and "unknown argument '--bogus'" in done.stderr
+    done = run("--state-dir")
+    assert done.returncode == 2 and "--state-dir needs a directory" in done.stderr
+    done = run("--state-dir", str(tmp_path / "none"))
+    assert done.returncode == 0 and "nothing to restore" in done.stdout
+    assert not (tmp_path / "none").exists()
