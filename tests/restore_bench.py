@@ -7,10 +7,11 @@ Run as root, from the repository:
 
 ``restore``: in a throwaway namespace per backend (iptables-nft, iptables-legacy, nftables),
 N dual-stack attachments with ipMasq and a published port each on one bridge, a FORWARD
-policy of DROP; then ``restore`` is timed after ``nft flush ruleset`` plus every iptables
-table flushed (everything missing), and again with nothing missing.
+policy of DROP; then ``restore`` is timed after ``nft flush ruleset`` (and for legacy, every
+iptables-legacy table flushed): everything missing; and again with nothing missing.
 
-``add``: the firewall install and removal of one more attachment beside --crowd residents,
+``add``: the firewall install and removal of one more attachment beside --crowd residents
+(the flavour's FORWARD policy DROP unless --forward-policy ACCEPT),
 in process (orchestrate.install, then remove), with the cni_bridge of each --tree (e.g. main
 and a branch), runs interleaved: what the ADD's check of the shared rules costs.
 
@@ -61,14 +62,18 @@ def install(ns: str, backend: str, state: str, docs: list[dict[str, object]], tr
                    input=json.dumps(docs), text=True, check=True, env=_env(backend, tree), cwd=tree)
 
 
-def flush_everything(ns: str) -> None:
+def flush_everything(ns: str, backend: str, policy: str = "DROP") -> None:
+    """Every table of the backend's flavour gone (nft flush ruleset; iptables-legacy flushed
+    for legacy: legacy tables are touched only there, as on a host that uses one flavour), and
+    that flavour's FORWARD policy `policy` in both families."""
+    flavour = "legacy" if backend == "legacy" else "nft"
     nstools.run_in_netns(ns, "nft", "flush", "ruleset")
     for base in ("iptables", "ip6tables"):
-        for table in ("filter", "nat", "raw"):
-            nstools.run_in_netns(ns, f"{base}-legacy", "-w", "-t", table, "-F", check=False)
-            nstools.run_in_netns(ns, f"{base}-legacy", "-w", "-t", table, "-X", check=False)
-        nstools.run_in_netns(ns, f"{base}-nft", "-w", "-P", "FORWARD", "DROP")
-        nstools.run_in_netns(ns, f"{base}-legacy", "-w", "-P", "FORWARD", "DROP")
+        if flavour == "legacy":
+            for table in ("filter", "nat", "raw"):
+                nstools.run_in_netns(ns, f"{base}-legacy", "-w", "-t", table, "-F", check=False)
+                nstools.run_in_netns(ns, f"{base}-legacy", "-w", "-t", table, "-X", check=False)
+        nstools.run_in_netns(ns, f"{base}-{flavour}", "-w", "-P", "FORWARD", policy)
 
 
 def timed_restore(ns: str, backend: str, state: str, executable: str) -> tuple[float, str]:
@@ -91,11 +96,11 @@ def bench_restore(executable: str, backends: list[str], sizes: list[int], runs: 
         for size in sizes:
             with nstools.throwaway_netns(prefix="cbrb") as (ns,), tempfile.TemporaryDirectory() as tmp:
                 state = str(Path(tmp, "state"))
-                flush_everything(ns)
+                flush_everything(ns, backend)
                 install(ns, backend, state, [doc(i) for i in range(size)])
                 flushed, intact = [], []
                 for _ in range(runs):
-                    flush_everything(ns)
+                    flush_everything(ns, backend)
                     elapsed, out = timed_restore(ns, backend, state, executable)
                     assert "restored" in out, out
                     flushed.append(elapsed)
@@ -121,13 +126,13 @@ print((middle - start) * 1000)
 """
 
 
-def bench_add(trees: list[Path], backends: list[str], crowd: int, runs: int) -> None:
+def bench_add(trees: list[Path], backends: list[str], crowd: int, runs: int, policy: str) -> None:
     print(f"{'backend':9} {'tree':28} {'install min':>11} {'median':>8} {'max':>8}  (ms, {runs} runs, {crowd} residents)")
     for backend in backends:
         driver = "nftables" if backend == "nftables" else "iptables"
         with nstools.throwaway_netns(prefix="cbrb") as (ns,), tempfile.TemporaryDirectory() as tmp:
             state = str(Path(tmp, "state"))
-            flush_everything(ns)
+            flush_everything(ns, backend, policy)
             install(ns, backend, state, [doc(i) for i in range(crowd)])
             times: dict[Path, list[float]] = {tree: [] for tree in trees}
             for _ in range(runs):
@@ -153,6 +158,8 @@ def main() -> None:
     a.add_argument("--tree", action="append", type=Path, required=True)
     a.add_argument("--crowd", type=int, default=10)
     a.add_argument("--runs", type=int, default=60)
+    a.add_argument("--forward-policy", default="DROP", choices=("DROP", "ACCEPT"),
+                   help="of iptables FORWARD (DROP: the nftables backend keeps accepts there)")
     for p in (r, a):
         p.add_argument("--backends", default=",".join(BACKENDS))
     args = parser.parse_args()
@@ -160,7 +167,7 @@ def main() -> None:
     if args.what == "restore":
         bench_restore(os.path.abspath(args.bin), backends, [int(s) for s in args.sizes.split(",")], args.runs)
     else:
-        bench_add([t.resolve() for t in args.tree], backends, args.crowd, args.runs)
+        bench_add([t.resolve() for t in args.tree], backends, args.crowd, args.runs, args.forward_policy)
 
 
 if __name__ == "__main__":

@@ -50,11 +50,16 @@ class NftablesDriver:
     def add(self, unit: str, items: Sequence[Item], create: Sequence[Shared], reuse: Sequence[Shared] = ()) -> None:
         """A reused resource's table, sets and chains need no check: adding elements to a
         table a reload deleted fails, and the caller repairs. Its accepts in a dropping
-        iptables FORWARD chain live outside our table, so they are put back here."""
+        iptables FORWARD chain live outside our table, so they are put back here; the
+        transaction's own nft process lists the chains that tells where."""
         _check_unit(unit)
         created = _shared_items(create)
-        tools.run(syntax.render_add(created, items))
-        compat.install([*created, *(item for item in _shared_items(reuse) if item[0] == "accept")])
+        accepts = [item for item in (*created, *_shared_items(reuse)) if item[0] == "accept"]
+        commands = syntax.render_add(created, items)
+        if not accepts:
+            tools.run(commands)
+            return
+        compat.install(accepts, listed=tools.run([*commands, tools.LIST_CHAINS]))
 
     def restore(self, unit: str, groups: Sequence[Sequence[Item]], picked: Collection[int]) -> list[int]:
         _check_unit(unit)
