@@ -128,12 +128,14 @@ install_dirs() {
     CONF_DIR=${CNI_CONF_DIR:-$prefix/etc/cni/net.d}
     INSTALLED_CONFLIST=$CONF_DIR/$(basename $SHIPPED_CONFLIST)
     PREFIX=$prefix
+    HOOKS_ROOT=${CNI_RELOAD_HOOKS_ROOT-$prefix}
 }
 
 # --- firewall reload hooks ------------------------------------------------------------------
 # `cni-bridge restore` after each reload of a firewall manager this host has (README: Firewall
 # reloads and restore): deploy/restore/<file> goes to <path> when <manager's file> exists,
-# with the executable's path put in. Removed by uninstall while unchanged.
+# with the executable's path put in; both under --prefix, or CNI_RELOAD_HOOKS_ROOT if set.
+# Removed by uninstall while unchanged.
 RELOAD_HOOKS=(
     "nftables.service.d/cni-bridge-restore.conf /etc/systemd/system/nftables.service.d/cni-bridge-restore.conf lib/systemd/system/nftables.service"
     "cni-bridge-firewalld-reload.service /etc/systemd/system/cni-bridge-firewalld-reload.service lib/systemd/system/firewalld.service"
@@ -148,16 +150,16 @@ install_reload_hooks() {
     local hook shipped target manager
     for hook in "${RELOAD_HOOKS[@]}"; do
         read -r shipped target manager <<<"$hook"
-        if [ ! -e "$PREFIX/$manager" ] && [ ! -e "$PREFIX/usr/$manager" ]; then
+        if [ ! -e "$HOOKS_ROOT/$manager" ] && [ ! -e "$HOOKS_ROOT/usr/$manager" ]; then
             continue
         fi
-        mkdir -p "$(dirname "$PREFIX$target")"
-        rendered_hook "$shipped" >"$PREFIX$target.tmp"
-        chmod "$([ -x "deploy/restore/$shipped" ] && echo 0755 || echo 0644)" "$PREFIX$target.tmp"
-        mv "$PREFIX$target.tmp" "$PREFIX$target"
-        log "installed $PREFIX$target (restore after a firewall reload)"
+        mkdir -p "$(dirname "$HOOKS_ROOT$target")"
+        rendered_hook "$shipped" >"$HOOKS_ROOT$target.tmp"
+        chmod "$([ -x "deploy/restore/$shipped" ] && echo 0755 || echo 0644)" "$HOOKS_ROOT$target.tmp"
+        mv "$HOOKS_ROOT$target.tmp" "$HOOKS_ROOT$target"
+        log "installed $HOOKS_ROOT$target (restore after a firewall reload)"
     done
-    if [ -z "$PREFIX" ] && [ -d /run/systemd/system ]; then
+    if [ -z "$HOOKS_ROOT" ] && [ -d /run/systemd/system ]; then
         systemctl daemon-reload
         if [ -e /etc/systemd/system/cni-bridge-firewalld-reload.service ]; then
             systemctl enable cni-bridge-firewalld-reload.service
@@ -169,12 +171,13 @@ uninstall_reload_hooks() {
     local hook shipped target manager
     for hook in "${RELOAD_HOOKS[@]}"; do
         read -r shipped target manager <<<"$hook"
-        if [ -e "$PREFIX$target" ] && rendered_hook "$shipped" | cmp -s - "$PREFIX$target"; then
-            if [ -z "$PREFIX" ] && [ -d /run/systemd/system ] && [[ $target == *.service ]]; then
+        if [ -e "$HOOKS_ROOT$target" ] && rendered_hook "$shipped" | cmp -s - "$HOOKS_ROOT$target"; then
+            if [ -z "$HOOKS_ROOT" ] && [ -d /run/systemd/system ] && [[ $target == *.service ]]; then
                 systemctl disable --now "$(basename "$target")" || true
             fi
-            rm -f "$PREFIX$target"
-            log "removed $PREFIX$target"
+            rm -f "$HOOKS_ROOT$target"
+            [[ $target == *.service.d/* ]] && rmdir --ignore-fail-on-non-empty "$(dirname "$HOOKS_ROOT$target")"
+            log "removed $HOOKS_ROOT$target"
         fi
     done
 }
