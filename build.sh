@@ -127,6 +127,59 @@ install_dirs() {
     BIN_DIR=${CNI_BIN_DIR:-$prefix/opt/cni/bin}
     CONF_DIR=${CNI_CONF_DIR:-$prefix/etc/cni/net.d}
     INSTALLED_CONFLIST=$CONF_DIR/$(basename $SHIPPED_CONFLIST)
+    PREFIX=$prefix
+    HOOKS_ROOT=${CNI_RELOAD_HOOKS_ROOT-$prefix}
+}
+
+# --- firewall reload hooks ------------------------------------------------------------------
+# `cni-bridge restore` after each reload of a firewall manager this host has (README: Firewall
+# reloads and restore): deploy/restore/<file> goes to <path> when <manager's file> exists,
+# with the executable's path put in; both under --prefix, or CNI_RELOAD_HOOKS_ROOT if set.
+# Removed by uninstall while unchanged.
+RELOAD_HOOKS=(
+    "nftables.service.d/cni-bridge-restore.conf /etc/systemd/system/nftables.service.d/cni-bridge-restore.conf lib/systemd/system/nftables.service"
+    "cni-bridge-firewalld-reload.service /etc/systemd/system/cni-bridge-firewalld-reload.service lib/systemd/system/firewalld.service"
+    "netfilter-persistent/90-cni-bridge /usr/share/netfilter-persistent/plugins.d/90-cni-bridge usr/share/netfilter-persistent/plugins.d"
+)
+
+rendered_hook() {  # the shipped file with the installed executable's path
+    sed "s|/opt/cni/bin/cni-bridge|${BIN_DIR#$PREFIX}/cni-bridge|g" "deploy/restore/$1"
+}
+
+install_reload_hooks() {
+    local hook shipped target manager
+    for hook in "${RELOAD_HOOKS[@]}"; do
+        read -r shipped target manager <<<"$hook"
+        if [ ! -e "$HOOKS_ROOT/$manager" ] && [ ! -e "$HOOKS_ROOT/usr/$manager" ]; then
+            continue
+        fi
+        mkdir -p "$(dirname "$HOOKS_ROOT$target")"
+        rendered_hook "$shipped" >"$HOOKS_ROOT$target.tmp"
+        chmod "$([ -x "deploy/restore/$shipped" ] && echo 0755 || echo 0644)" "$HOOKS_ROOT$target.tmp"
+        mv "$HOOKS_ROOT$target.tmp" "$HOOKS_ROOT$target"
+        log "installed $HOOKS_ROOT$target (restore after a firewall reload)"
+    done
+    if [ -z "$HOOKS_ROOT" ] && [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+        if [ -e /etc/systemd/system/cni-bridge-firewalld-reload.service ]; then
+            systemctl enable cni-bridge-firewalld-reload.service
+        fi
+    fi
+}
+
+uninstall_reload_hooks() {
+    local hook shipped target manager
+    for hook in "${RELOAD_HOOKS[@]}"; do
+        read -r shipped target manager <<<"$hook"
+        if [ -e "$HOOKS_ROOT$target" ] && rendered_hook "$shipped" | cmp -s - "$HOOKS_ROOT$target"; then
+            if [ -z "$HOOKS_ROOT" ] && [ -d /run/systemd/system ] && [[ $target == *.service ]]; then
+                systemctl disable --now "$(basename "$target")" || true
+            fi
+            rm -f "$HOOKS_ROOT$target"
+            [[ $target == *.service.d/* ]] && rmdir --ignore-fail-on-non-empty "$(dirname "$HOOKS_ROOT$target")"
+            log "removed $HOOKS_ROOT$target"
+        fi
+    done
 }
 
 install_plugin() {
@@ -145,6 +198,7 @@ install_plugin() {
     else
         log "skipped $INSTALLED_CONFLIST: a different file is there, left as it is"
     fi
+    install_reload_hooks
 }
 
 uninstall_plugin() {
@@ -164,6 +218,7 @@ uninstall_plugin() {
     elif [ -e "$INSTALLED_CONFLIST" ]; then
         log "left $INSTALLED_CONFLIST: it differs from the shipped one (remove it by hand)"
     fi
+    uninstall_reload_hooks
 }
 
 case "${1:-build}" in

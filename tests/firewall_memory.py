@@ -61,13 +61,28 @@ class MemoryDriver:
             self.refuse[unit] -= 1
             raise CniError(FIREWALL_FAILURE, f"refused {operation} in unit {unit}")
 
-    def add(self, unit: str, items: Sequence[Item], create: Sequence[Shared]) -> None:
+    def add(self, unit: str, items: Sequence[Item], create: Sequence[Shared], reuse: Sequence[Shared] = ()) -> None:
         self._transaction("add", unit)
+        if any(i not in self.kernel[unit] for s in reuse for i in s.items):
+            raise CniError(FIREWALL_FAILURE, "a shared item relied on is missing")  # as iptables' -C
         adding = [*(i for s in create for i in s.items), *items]
         held = self.kernel[unit] | set(adding)
         if any(i[0] == "dnat" for i in adding) and HOSTPORT_CHAIN not in held:
             raise CniError(FIREWALL_FAILURE, "no chain hostport")
         self.kernel[unit] = held
+
+    def restore(self, unit: str, groups: Sequence[Sequence[Item]], picked: Collection[int]) -> list[int]:
+        self._transaction("restore", unit)
+        counts = [0] * len(groups)
+        held = set(self.kernel[unit])
+        for index in sorted(picked):
+            lost = [i for i in groups[index] if i not in held]
+            if any(i[0] == "dnat" for i in lost) and HOSTPORT_CHAIN not in held:
+                raise CniError(FIREWALL_FAILURE, "no chain hostport")
+            held.update(lost)
+            counts[index] = len(lost)
+        self.kernel[unit] = held
+        return counts
 
     def delete(self, unit: str, items: Sequence[Item], remove: Sequence[Shared]) -> None:
         self._transaction("delete", unit)

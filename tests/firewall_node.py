@@ -163,6 +163,12 @@ class Node:
                 self.iptables(family, "-t", table, "-F")
                 self.iptables(family, "-t", table, "-X")
 
+    def restore(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """``cni-bridge restore`` of the node's state directory, run in the node."""
+        return subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "cni_bridge", "restore",
+                               "--state-dir", self.state_dir, *extra],
+                              capture_output=True, text=True, cwd=REPO, env=self._env(), check=False)
+
     def records(self) -> list[str]:
         root = Path(self.state_dir)
         return sorted(str(p.relative_to(root)) for p in root.rglob("*")

@@ -4,7 +4,7 @@ isolation. Read it in this order:
 - driver.py       the driver interface every backend implements, and the types it speaks
 - iptables/       the iptables backend (nf_tables or legacy flavour): scheme.py is the rule
                   scheme as data, syntax.py the restore/save text, tools.py runs the tools,
-                  driver.py implements the interface
+                  placement.py where restored rules go back, driver.py implements the interface
 - nftables/       the nftables backend, the table inet cni-bridge: scheme.py (the table as
                   data), syntax.py (libnftables JSON in and out), tools.py (runs nft -j),
                   compat.py (accepts in an iptables FORWARD chain whose policy drops),
@@ -14,6 +14,7 @@ isolation. Read it in this order:
                   UDP conntrack flush (conntrack.py)
 - state.py        the books: per-attachment records, users of shared resources, port claims
 - orchestrate.py  install (all or nothing), remove, check and gc, written once over a driver
+- restore.py      `cni-bridge restore`: what a firewall reload took, put back from the records
 
 This module only picks the driver; it imports nothing heavy, since config/model.py imports
 portmap.py on every command.

@@ -82,8 +82,18 @@ class FirewallDriver(Protocol):
         """A shared resource as this driver defines it today (when no record says otherwise)."""
         ...
 
-    def add(self, unit: str, items: Sequence[Item], create: Sequence[Shared]) -> None:
-        """One transaction: create the shared resources, then add the items."""
+    def add(self, unit: str, items: Sequence[Item], create: Sequence[Shared], reuse: Sequence[Shared] = ()) -> None:
+        """One transaction: create the shared resources, then add the items. `reuse` are the
+        shared resources others created that the items rely on: if a firewall reload took
+        some of them, the transaction is refused (the orchestration then repairs them and
+        tries again) or the driver puts them back itself; never builds on a missing one."""
+        ...
+
+    def restore(self, unit: str, groups: Sequence[Sequence[Item]], picked: Collection[int]) -> list[int]:
+        """One transaction: put back what the kernel lacks of the picked groups (indexes into
+        `groups`: the items of shared resources and attachments, oldest first), each where
+        it stood before a firewall reload took it, leaving what is there alone and never
+        repeating it. Returns how many items each group got back."""
         ...
 
     def delete(self, unit: str, items: Sequence[Item], remove: Sequence[Shared]) -> None:

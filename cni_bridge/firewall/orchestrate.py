@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     Drivers = Callable[[str], FirewallDriver]
 
 
+RESTORE_HINT = ("a firewall reload or flush took them; `cni-bridge restore` puts back the rules of every "
+                "recorded attachment")
+
+
 def _nothing() -> None:
     return None
 
@@ -103,6 +107,9 @@ def _attempt(driver: FirewallDriver, store: Store, rules: AttachmentRules, key: 
     store.check_claims(claims, key)
     creates = {plan.unit: [s for s in plan.shared if not store.other_users(plan.unit, s.key, key)]
                for plan in plans}
+    # What others created is checked as recorded: a rule text changed by an upgrade is no loss.
+    reuses = {plan.unit: [store.definition(plan.unit, s.key) or s for s in plan.shared if s not in creates[plan.unit]]
+              for plan in plans}
     att = Attachment(driver.name, rules.network, rules.container_id, rules.ifname,
                      tuple(Installed(p.unit, p.items, tuple(s.key for s in p.shared)) for p in plans),
                      tuple(claims))
@@ -120,7 +127,7 @@ def _attempt(driver: FirewallDriver, store: Store, rules: AttachmentRules, key: 
     done = 0
     try:
         for plan in plans:
-            driver.add(plan.unit, plan.items, creates[plan.unit])
+            driver.add(plan.unit, plan.items, creates[plan.unit], reuses[plan.unit])
             done += 1
     except CniError as exc:
         modes = {plan.unit: (Teardown.EXACT if i < done else Teardown.LISTING if i == done else Teardown.RECORDS_ONLY)
@@ -208,7 +215,8 @@ def check(driver: FirewallDriver, rules: AttachmentRules, state_dir: str) -> Non
                         for line in driver.missing(installed.unit, [*installed.items, *shared_items]))
     if problems:
         shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
-        raise CniError(CHECK_FAILED, f"firewall rule missing: {problems[0]}", "\n".join(shown))
+        raise CniError(CHECK_FAILED, f"firewall rule missing: {problems[0]} (run `cni-bridge restore`)",
+                       "\n".join([*shown, RESTORE_HINT]))
 
 
 def _unit_name(unit: str) -> str:

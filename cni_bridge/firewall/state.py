@@ -383,6 +383,22 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return None  # unreadable: the caller renders the definition from the key
 
+    @staticmethod
+    def _mtime_ns(path: str) -> int:
+        try:
+            return os.stat(path).st_mtime_ns
+        except OSError:
+            return 0
+
+    def defined_at(self, unit: str, key: str) -> int:
+        """When a shared resource was created (its definition written), in ns; 0 if unknown.
+        With recorded_at, the order restore replays the firewall's history in."""
+        return self._mtime_ns(os.path.join(self._shared_dir(unit, key), _DEF_NAME))
+
+    def recorded_at(self, key: str) -> int:
+        """When an attachment was recorded (its ADD), in ns; 0 if unknown."""
+        return self._mtime_ns(self._attachment_path(key))
+
     def drop_user(self, unit: str, key: str, me: str) -> None:
         directory = self._shared_dir(unit, key)
         try:

@@ -28,6 +28,7 @@ usage: {PLUGIN_NAME} add|check|del [-i IFNAME] [--container-id ID] NETNAME NETNS
        {PLUGIN_NAME} status NETNAME
        {PLUGIN_NAME} install-cni [options]    (see {PLUGIN_NAME} install-cni --help)
        {PLUGIN_NAME} prune-bundles [CACHE_DIR] (see {PLUGIN_NAME} prune-bundles --help)
+       {PLUGIN_NAME} restore [--state-dir DIR]... (see {PLUGIN_NAME} restore --help)
        {PLUGIN_NAME} --help | --version
 
 Without arguments, and with CNI_COMMAND in the environment, {PLUGIN_NAME} is a CNI plugin:
@@ -51,6 +52,7 @@ commands
            that a container runtime also uses.
            (cnitool gc deletes every cached attachment; this one keeps live ones.)
   status   STATUS of every plugin (cniVersion 1.1.0 or later); exit 0 when all are ready.
+  restore  put back the firewall of every recorded attachment after a firewall reload.
   install-cni
            set a Kubernetes node up: copy this executable into the CNI plugin directory and
            write a network list for the node's pod CIDRs (the DaemonSet in deploy/ runs it).
@@ -213,6 +215,9 @@ def run(argv: list[str], environ: dict[str, str]) -> int:
     if argv[0] == "prune-bundles":
         from ..onefile import run_prune
         return run_prune(argv[1:], environ)
+    if argv[0] == "restore":
+        from ..restore_cli import run as restore
+        return restore(argv[1:], environ)
     try:
         if argv[0] not in COMMANDS:
             raise UsageError(f"unknown command {argv[0]!r}")

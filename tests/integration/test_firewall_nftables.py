@@ -120,12 +120,12 @@ def test_check_names_what_is_missing(node: Node) -> None:
     node.nft("delete", "element", "inet", "cni-bridge", "dnat6any_port", "{ udp . 5353 }")
     error = node.error("check", rules=doc)
     assert error["code"] == 108 and error["msg"] == (
-        "firewall rule missing: inet element udp . 5353 : 53 in dnat6any_port"), error
+        "firewall rule missing: inet element udp . 5353 : 53 in dnat6any_port (run `cni-bridge restore`)"), error
     node.ok("remove", network="n1", container_id="c1")
     node.ok("install", rules=doc)
     node.nft("flush", "chain", "inet", "cni-bridge", "nat-output")
     error = node.error("check", rules=doc)
-    assert error["code"] == 108 and error["msg"].endswith("chain nat-output"), error
+    assert error["code"] == 108 and error["msg"].endswith("chain nat-output (run `cni-bridge restore`)"), error
 
 
 def test_isolated_and_internal_networks_are_elements(node: Node) -> None:

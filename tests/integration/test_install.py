@@ -30,8 +30,12 @@ def prefix() -> Iterator[str]:
 
 
 def build_sh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("CNI_BIN_DIR", "CNI_CONF_DIR")}
-    return subprocess.run([os.path.join(REPO, "build.sh"), *args], env={**clean, **(env or {})},
+    clean = {k: v for k, v in os.environ.items() if k not in ("CNI_BIN_DIR", "CNI_CONF_DIR", "CNI_RELOAD_HOOKS_ROOT")}
+    env = dict(env or {})
+    if "--prefix" not in args and "CNI_BIN_DIR" in env:
+        # Never the host's firewall managers: reload hooks are looked for beside the test's directories.
+        env.setdefault("CNI_RELOAD_HOOKS_ROOT", os.path.dirname(env["CNI_BIN_DIR"]))
+    return subprocess.run([os.path.join(REPO, "build.sh"), *args], env={**clean, **env},
                           capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -117,3 +121,21 @@ def test_an_install_of_the_older_layout_is_replaced_by_the_single_file(prefix: s
 
     assert build_sh("uninstall", env=env).returncode == 0
     assert os.listdir(bin_dir) == []
+
+
+def test_reload_hooks_are_installed_only_where_their_manager_is(prefix: str) -> None:
+    # nftables and netfilter-persistent are "installed" in the prefix, firewalld is not.
+    os.makedirs(f"{prefix}/lib/systemd/system")
+    open(f"{prefix}/lib/systemd/system/nftables.service", "w").close()
+    os.makedirs(f"{prefix}/usr/share/netfilter-persistent/plugins.d")
+    r = build_sh("install", "--prefix", prefix)
+    assert r.returncode == 0, r.stderr
+    dropin = f"{prefix}/etc/systemd/system/nftables.service.d/cni-bridge-restore.conf"
+    plugin = f"{prefix}/usr/share/netfilter-persistent/plugins.d/90-cni-bridge"
+    text = open(dropin).read()
+    assert "ExecStartPost=-/opt/cni/bin/cni-bridge restore" in text and "ExecReload=-/opt/cni/bin/cni-bridge restore" in text
+    assert os.access(plugin, os.X_OK) and "/opt/cni/bin/cni-bridge restore" in open(plugin).read()
+    assert not os.path.exists(f"{prefix}/etc/systemd/system/cni-bridge-firewalld-reload.service")
+    r = build_sh("uninstall", "--prefix", prefix)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(dropin) and not os.path.exists(plugin)

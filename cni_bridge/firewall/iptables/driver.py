@@ -62,9 +62,21 @@ class IptablesDriver:
     def shared(self, key: str, unit: str) -> Shared:
         return _generic(scheme.shared(key, int(unit)))
 
-    def add(self, unit: str, items: Sequence[Item], create: Sequence[Shared]) -> None:
+    def add(self, unit: str, items: Sequence[Item], create: Sequence[Shared], reuse: Sequence[Shared] = ()) -> None:
         chains, rules = split(items)
-        tools.restore(int(unit), render_add(chains, rules, [_specific(s) for s in create]))
+        relied_on = [rule for s in reuse for rule in split(s.items)[1]]
+        tools.restore(int(unit), render_add(chains, rules, [_specific(s) for s in create], relied_on))
+
+    def restore(self, unit: str, groups: Sequence[Sequence[Item]], picked: Collection[int]) -> list[int]:
+        from .placement import render_restore
+        specific = [split(items) for items in groups]
+        tables = set().union(*(_tables(chains, rules) for chains, rules in specific)) if specific else set()
+        if not tables:
+            return [0] * len(groups)
+        listing = tools.save("", int(unit))
+        batch, counts = render_restore([parse_save(t, listing) for t in sorted(tables)], specific, picked)
+        tools.restore(int(unit), batch)
+        return counts
 
     def delete(self, unit: str, items: Sequence[Item], remove: Sequence[Shared]) -> None:
         chains, rules = split(items)

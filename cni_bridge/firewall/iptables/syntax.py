@@ -103,14 +103,22 @@ def _add_line(rule: Rule) -> str:
     return f"-I {rule.chain} 1 {rule.spec}" if rule.insert else f"-A {rule.chain} {rule.spec}"
 
 
-def render_add(chains: Sequence[tuple[str, str]], rules: Sequence[Rule], create: Sequence[SharedRules]) -> str:
+def render_add(chains: Sequence[tuple[str, str]], rules: Sequence[Rule], create: Sequence[SharedRules],
+               relied_on: Sequence[Rule] = ()) -> str:
     """The restore text that adds an attachment's chains and rules, and creates `create`.
 
-    Chains are declared first (created, or emptied if a leftover exists), then shared
-    rules, then the attachment's own. Empty when there is nothing to do.
+    Each table's section first checks (``-C``) that the rules `relied_on` are there (shared
+    rules that others created and a firewall reload may have flushed): a missing one makes
+    the whole batch fail before that table changes, and the caller repairs. Then chains are
+    declared (created, or emptied if a leftover exists), then shared rules, then the
+    attachment's own. Empty when there is nothing to add.
     """
     declared: dict[str, list[str]] = {}
     added: dict[str, list[str]] = {}
+    if not (chains or rules or create):
+        return ""
+    for rule in relied_on:
+        declared.setdefault(rule.table, []).append(f"-C {rule.chain} {rule.spec}")
     for resource in create:
         for table, chain in resource.chains:
             declared.setdefault(table, []).append(f":{chain} - [0:0]")

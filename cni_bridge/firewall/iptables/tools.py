@@ -116,10 +116,11 @@ def restore(family: int, batch: str, flavour: str = "") -> None:
 
 
 def save(table: str, family: int, flavour: str = "") -> str:
-    """One table as iptables-save prints it (for CHECK, GC and the removal fallback)."""
+    """One table as iptables-save prints it (for CHECK, GC and the removal fallback); every
+    table with `table` "" (restore lists a family once)."""
     path = tool(family, "save", flavour)
-    code, out, err = spawn([path, "-t", table])
+    code, out, err = spawn([path, "-t", table] if table else [path])
     if code != 0:
-        raise CniError(FIREWALL_FAILURE, f"{os.path.basename(path)} -t {table} failed (exit status {code})",
-                       err.decode(errors="replace").strip())
+        raise CniError(FIREWALL_FAILURE, f"{os.path.basename(path)}{' -t ' + table if table else ''} failed "
+                       f"(exit status {code})", err.decode(errors="replace").strip())
     return out.decode(errors="replace")

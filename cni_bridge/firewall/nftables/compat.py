@@ -25,7 +25,8 @@ from . import tools
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Collection, Iterable, Sequence
+    from typing import Any
 
     from ..driver import Item
 
@@ -57,11 +58,11 @@ def _legacy_filter(family: int) -> bool:
         return False  # no ip_tables module: no legacy table can exist
 
 
-def forward_chains(dropping_only: bool) -> list[tuple[str, int]]:
+def forward_chains(dropping_only: bool, listed: Sequence[Any] | None = None) -> list[tuple[str, int]]:
     """(flavour, family) of every iptables filter FORWARD chain; only those whose policy is
-    DROP if `dropping_only`."""
+    DROP if `dropping_only`. `listed`: nft's chains if already listed (tools.LIST_CHAINS)."""
     found = []
-    for obj in tools.list_chains():
+    for obj in tools.list_chains() if listed is None else listed:
         chain = obj.get("chain", {})
         if (chain.get("table") == "filter" and chain.get("name") == "FORWARD" and chain.get("family") in ("ip", "ip6")
                 and (not dropping_only or chain.get("policy") == "drop")):
@@ -80,15 +81,31 @@ def _policy_drops(saved: str) -> bool:
     return any(line.startswith(":FORWARD DROP") for line in saved.splitlines())
 
 
-def install(items: Sequence[Item]) -> None:
-    """Put the accepts of `items` where a FORWARD policy drops and they are not there yet."""
+def install(items: Sequence[Item], listed: Sequence[Any] | None = None) -> None:
+    """Put the accepts of `items` where a FORWARD policy drops and they are not there yet
+    (`listed`: nft's chains, if the caller listed them already)."""
     wanted = _rules_of(items)
     if not wanted:
         return
-    for flavour, family in forward_chains(dropping_only=True):
+    for flavour, family in forward_chains(dropping_only=True, listed=listed):
         _, lost = absent([parse_save("filter", _save(flavour, family))], (), wanted)
         if lost:
             iptables.restore(family, render_add((), lost, ()), flavour)
+
+
+def restore(groups: Sequence[Sequence[Item]], picked: Collection[int]) -> list[int]:
+    """Put back the picked groups' accepts where a FORWARD policy drops and they are missing,
+    each where it stood (iptables/placement.py: `groups` oldest first); how many per group."""
+    from ..iptables.placement import render_restore
+    wanted = [((), _rules_of(items)) for items in groups]
+    counts = [0] * len(groups)
+    if not any(rules for _, rules in wanted):
+        return counts
+    for flavour, family in forward_chains(dropping_only=True):
+        batch, added = render_restore([parse_save("filter", _save(flavour, family))], wanted, picked)
+        iptables.restore(family, batch, flavour)
+        counts = [a + b for a, b in zip(counts, added)]
+    return counts
 
 
 def remove(items: Sequence[Item]) -> None:

@@ -47,11 +47,32 @@ class NftablesDriver:
         _check_unit(unit)
         return Shared(key, scheme.shared(key))
 
-    def add(self, unit: str, items: Sequence[Item], create: Sequence[Shared]) -> None:
+    def add(self, unit: str, items: Sequence[Item], create: Sequence[Shared], reuse: Sequence[Shared] = ()) -> None:
+        """A reused resource's table, sets and chains need no check: adding elements to a
+        table a reload deleted fails, and the caller repairs. Its accepts in a dropping
+        iptables FORWARD chain live outside our table, so they are put back here; the
+        transaction's own nft process lists the chains that tells where."""
         _check_unit(unit)
         created = _shared_items(create)
-        tools.run(syntax.render_add(created, items))
-        compat.install(created)
+        accepts = [item for item in (*created, *_shared_items(reuse)) if item[0] == "accept"]
+        commands = syntax.render_add(created, items)
+        if not accepts:
+            tools.run(commands)
+            return
+        compat.install(accepts, listed=tools.run([*commands, tools.LIST_CHAINS]))
+
+    def restore(self, unit: str, groups: Sequence[Sequence[Item]], picked: Collection[int]) -> list[int]:
+        _check_unit(unit)
+        listed = _listed()
+        counts = [0] * len(groups)
+        lost: list[Item] = []
+        for index in sorted(picked):
+            missing = [item for item in groups[index] if item[0] != "accept" and not listed.has(item)]
+            counts[index] = len(missing)
+            lost.extend(missing)
+        # Everything as shared items: added, so an element that is there already is no error.
+        tools.run(syntax.render_add(list(dict.fromkeys(lost)), ()))
+        return [a + b for a, b in zip(counts, compat.restore(groups, picked))]
 
     def delete(self, unit: str, items: Sequence[Item], remove: Sequence[Shared]) -> None:
         _check_unit(unit)

@@ -47,13 +47,19 @@ def _failure(what: str, code: int, err: bytes) -> CniError:
     return CniError(FIREWALL_FAILURE, f"nft {what} failed (exit status {code})", err.decode(errors="replace").strip())
 
 
-def run(commands: Sequence[Any]) -> None:
-    """Apply `commands` (libnftables JSON) as one transaction: all of them or none."""
+LIST_CHAINS: dict[str, Any] = {"list": {"chains": {}}}
+
+
+def run(commands: Sequence[Any]) -> list[Any]:
+    """Apply `commands` (libnftables JSON) as one transaction: all of them or none. A list
+    command among them (LIST_CHAINS) runs in the same process: its objects are returned."""
     if not commands:
-        return
-    code, _, err = spawn([nft(), "-j", "-f", "-"], json.dumps({"nftables": list(commands)}).encode())
+        return []
+    code, out, err = spawn([nft(), "-j", "-f", "-"], json.dumps({"nftables": list(commands)}).encode())
     if code != 0:
         raise _failure("transaction", code, err)
+    objects: list[Any] = json.loads(out)["nftables"] if out.strip() else []
+    return objects
 
 
 def _listing(argv: list[str], what: str, missing_ok: bool) -> list[Any]:
