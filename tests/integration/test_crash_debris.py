@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,7 +38,7 @@ import pytest
 from cni_bridge.ipam.store import parse_ip_filename
 from tests import node_snapshot, syscall_kill
 from tests.firewall_node import missing_tools
-from tests.plugin import SKIP_REASON, Node, host_local, netconf, requires_plugin
+from tests.plugin import REF_HOST_LOCAL, SKIP_REASON, Node, host_local, netconf, requires_plugin, requires_reference
 
 pytestmark = [pytest.mark.integration, requires_plugin]
 
@@ -332,3 +333,30 @@ def test_gc_removes_the_temp_files_of_killed_writes(worker: Worker) -> None:
         assert _temp_files(worker) == [], f"killed at {point}, GC left temp files"
         worker.delete()
         assert node_snapshot.changes(worker.before, worker.state()) == [], f"killed at {point}"
+
+
+@requires_reference
+def test_the_reference_host_local_takes_no_address_for_our_temp_file_and_removes_it(worker: Worker) -> None:
+    """Killed just before its reservation is linked into place, our ADD leaves the store's
+    temp file holding its key. The reference host-local sharing the store does not take it
+    for an address (its ADD of another container gets the network's one address), and its
+    DEL of the killed container removes it, as it removes every file holding that key."""
+    _kill(worker, next(p for p in worker.points["ADD"] if p.syscall == "link"))
+    network = worker.conf["name"]
+    assert _temp_files(worker) == [f"{network}/cni-bridge.tmp"]
+    stdin = json.dumps({**worker.conf, "cniVersion": "1.0.0"}).encode()
+
+    def reference(command: str, cid: str) -> Any:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
+               "CNI_NETNS": worker.container.path, "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+        done = subprocess.run([REF_HOST_LOCAL], input=stdin, env=env, capture_output=True, check=False, timeout=30)
+        assert done.returncode == 0, f"reference host-local {command}: {done}"
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
+    added = reference("ADD", "cbt-crash-reference")
+    assert [ip["address"] for ip in added["ips"]] == ["10.199.0.9/24", "fd99:c7a5::9/64"]
+    reference("DEL", "cbt-crash-reference")
+    reference("DEL", CID)
+    assert _temp_files(worker) == []
+    worker.delete()
+    assert node_snapshot.changes(worker.before, worker.state()) == []
