@@ -26,7 +26,7 @@ from dataclasses import dataclass
 # Calls that change the node's state (files, links, rules) or start a step that does (a child).
 STATE_CHANGING = ("write", "pwrite64", "openat", "rename", "renameat", "renameat2", "link", "linkat",
                   "unlink", "unlinkat", "mkdir", "mkdirat", "rmdir", "ftruncate", "fchmod", "sendto",
-                  "sendmsg", "clone", "clone3", "vfork", "wait4")
+                  "sendmsg", "utimensat", "clone", "clone3", "vfork", "wait4")
 _TRACED = "trace=" + ",".join(STATE_CHANGING)
 _CALL = re.compile(r"^(?P<name>[a-z0-9_]+)\((?P<args>.*)\)\s+= (?P<ret>.*)$")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
