@@ -10,7 +10,8 @@ timer: a timer lands wherever the scheduler puts it, mostly inside Python betwee
 misses the short windows that matter (between creating a file and writing it); counting calls
 hits each one, the same one every time.
 
-The node: a dual-stack network (one address per family, so every ADD reserves the same ones)
+The plugin runs in-process (the node's warm helper off): the process killed is the one doing
+the work. The node: a dual-stack network (one address per family, so every ADD reserves the same ones)
 with ipMasq, isGateway and a published TCP port, on the iptables and the nftables backend. Its
 state is taken after a first ADD and DEL (which leave the bridge, its gateway addresses and
 forwarding, as they should) and compared after each kill and DEL: links, addresses and routes
