@@ -229,11 +229,12 @@ class Node:
         cni_args: str | None = None,
         cni_path: str = REF_DIR,
         executable: str = BIN,
+        wrapper: tuple[str, ...] | list[str] = (),
     ) -> PluginRun:
         """Run the plugin (or ``executable``) in the node ns with a clean CNI environment.
 
         A None container_id / netns_path / ifname leaves that variable out (GC, STATUS);
-        an empty string passes it empty.
+        an empty string passes it empty. ``wrapper`` runs the plugin under a command (strace).
         """
         env = {"PATH": PATH, "CNI_COMMAND": command, "CNI_PATH": cni_path}
         if container_id is not None:
@@ -252,7 +253,7 @@ class Node:
             conf = {**conf, "stateDir": self.state_dir}
         stdin = stdin_override if stdin_override is not None else json.dumps(conf).encode()
         proc = subprocess.run(
-            [*self.launcher(env), executable],
+            [*self.launcher(env), *wrapper, executable],
             input=stdin,
             env=env,
             capture_output=True,

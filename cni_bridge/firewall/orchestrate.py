@@ -142,7 +142,7 @@ def _attempt(driver: FirewallDriver, store: Store, rules: AttachmentRules, key: 
 def remove(identity: Identity, state_dir: str, drivers: Drivers | None = None) -> None:
     """Remove an attachment's firewall, its share of shared resources and its port claims.
 
-    Idempotent; an attachment without a record costs one stat call. Raises CniError
+    Idempotent; an attachment without a record costs two stat calls (the record, its temp file). Raises CniError
     (FIREWALL_FAILURE) only if even the listing cannot remove it; the record is then kept,
     so a retry (or GC) tries again.
     """
@@ -153,6 +153,8 @@ def remove(identity: Identity, state_dir: str, drivers: Drivers | None = None) -
         att = store.load(key)
         if att is not None:
             _teardown((drivers or _default_drivers)(att.driver), store, att)
+        else:
+            store.forget(key)  # only the temp file of a record its ADD was killed writing
 
 
 def _default_drivers(name: str) -> FirewallDriver:
@@ -237,6 +239,10 @@ def gc(network: str, valid_attachments: Collection[tuple[str, str]], state_dir: 
     valid = set(valid_attachments)
     problems: list[str] = []
     with Store(state_dir) as store:
+        try:
+            store.remove_debris()
+        except CniError as exc:
+            problems.append(str(exc))
         used: dict[str, FirewallDriver] = {d.name: d for d in sweep or ()}
         for key, att in store.attachments():
             if att is None:

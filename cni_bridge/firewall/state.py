@@ -11,6 +11,7 @@ per network would count users and detect conflicts wrongly. Layout:
     shared/<unit>/<key>/def.json   a shared resource's items as created
     shared/<unit>/<key>/u-<key>    one empty file per attachment using it
     ports/<proto>-<port>/<hostIP>  a published port; holds the holder's identity
+    <any of these>.tmp             the content of a write in progress (below)
 
 <key> of an attachment is 32 hex digits of sha256(network, container ID, ifname).
 
@@ -21,8 +22,12 @@ found by its name: a conflict check lists only ``ports/<proto>-<port>/``, which 
 the few host IPs that port is published on (a wildcard conflicts with every address of
 its family, so a per-address file alone would not do).
 
-Everything happens under the flock, which also serialises the iptables batches; claim
-files are still created with O_EXCL as a second line of defence.
+Everything happens under the flock, which also serialises the iptables batches. Files are
+written whole under a temp name and renamed into place (claims: linked, which fails if the
+claim exists, as a second line of defence; cni_bridge/atomic_write.py), so a reader never
+sees a half-written record or claim. A writer killed halfway leaves only the temp file:
+`<file>.tmp`, or `ports/claim.tmp` for a claim (a name no claim listing reads). The next
+write of that file replaces it, DEL removes its attachment's, and GC every one.
 
 Order of writes: ADD records before it touches iptables and DEL forgets after, so a
 crash leaves a record of rules that may not exist (DEL's fallback copes) rather than
@@ -38,10 +43,12 @@ IPAM store follows the same rule for its reservations (ipam/boot_scope.py).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 
+from .. import atomic_write
 from ..boot import current_boot_id
 from ..errors import FIREWALL_FAILURE, PORT_CONFLICT, CniError
 from ..network.naming import attachment_digest
@@ -61,6 +68,8 @@ _FILE_MODE = 0o600
 _KEY_DIGITS = 32
 _USER_PREFIX = "u-"
 _DEF_NAME = "def.json"
+_TEMP_SUFFIX = ".tmp"
+_CLAIM_TEMP = "claim" + _TEMP_SUFFIX  # in ports/: every claim is written under the flock
 _FORMAT = 2
 # Records of format 1 were written by the iptables code before drivers existed.
 _FORMAT_1_DRIVER = "iptables"
@@ -75,9 +84,12 @@ def record_path(state_dir: str, key: str) -> str:
 
 
 def is_recorded(state_dir: str, key: str) -> bool:
-    """An unlocked peek: only an ADD of this very attachment could create the record
-    meanwhile, and the runtime never runs two commands for one attachment at once."""
-    return os.path.exists(record_path(state_dir, key))
+    """Whether the attachment has a record, or the temp file of one its killed ADD left
+    (DEL has something to remove either way). An unlocked peek: only an ADD of this very
+    attachment could create either meanwhile, and the runtime never runs two commands for
+    one attachment at once."""
+    path = record_path(state_dir, key)
+    return os.path.exists(path) or os.path.exists(_temp_of(path))
 
 
 @record(frozen=True)
@@ -152,7 +164,7 @@ def _attachment_from_json(doc: dict[str, Any]) -> Attachment:
 
 
 def _temp_of(path: str) -> str:
-    return f"{path}.tmp"
+    return path + _TEMP_SUFFIX
 
 
 _UNKNOWN_BOOT = "unknown"
@@ -260,12 +272,8 @@ class Store:
         killed halfway leaves exactly `<path>.tmp`, which the next write replaces and the
         removal of `path` removes too (forget, drop_user)."""
         tmp = _temp_of(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        atomic_write.stage(tmp, data, _FILE_MODE)
+        atomic_write.publish_replacing(tmp, path)
 
     @staticmethod
     def _unlink(path: str) -> None:
@@ -282,6 +290,17 @@ class Store:
             pass  # not empty: another user or claim still lives there
 
     # --- attachments ----------------------------------------------------------------
+
+    def remove_debris(self) -> None:
+        """Remove every temp file writers killed halfway left (GC): the flock is held, so no
+        write is in progress."""
+        for top, _, files in os.walk(self.directory):
+            for name in files:
+                if name.endswith(_TEMP_SUFFIX):
+                    try:
+                        self._unlink(os.path.join(top, name))
+                    except OSError as exc:
+                        raise _error("remove", os.path.join(top, name), exc) from None
 
     def _attachment_path(self, key: str) -> str:
         return record_path(self.directory, key)
@@ -455,7 +474,7 @@ class Store:
                 if other.host_ip != claim.host_ip and not (other.wildcard or claim.wildcard):
                     continue
                 holder = self._holder(os.path.join(directory, name))
-                if holder["key"] == me:
+                if holder["key"] in (me, ""):  # "": a claim a killed writer left unwritten
                     continue
                 raise CniError(
                     PORT_CONFLICT,
@@ -466,27 +485,38 @@ class Store:
     def take_claims(self, claims: Iterable[Claim], att: Attachment) -> None:
         doc = json.dumps({"key": att.key, "network": att.network, "containerID": att.container_id,
                           "ifname": att.ifname}).encode()
+        temp = self._path("ports", _CLAIM_TEMP)
         for claim in claims:
             directory = self._port_dir(claim)
             path = os.path.join(directory, claim.host_ip)
             try:
                 os.makedirs(directory, mode=_DIR_MODE, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-            except FileExistsError:
-                if self._holder(path)["key"] == att.key:
-                    continue  # ours already (a repeated ADD)
+                atomic_write.stage(temp, doc, _FILE_MODE)
+                if atomic_write.publish_new(temp, path):
+                    continue
                 holder = self._holder(path)
-                raise CniError(PORT_CONFLICT,
-                               f"host port {claim} is already published by container {holder['containerID']} "
-                               f"(ifname {holder['ifname']}, network {holder['network']})") from None
+                if holder["key"] == "":  # empty: a claim an older version left unwritten when killed
+                    self._unlink(path)
+                    if atomic_write.publish_new(temp, path):
+                        continue
+                    holder = self._holder(path)
             except OSError as exc:
                 raise _error("write", path, exc) from None
-            try:
-                os.write(fd, doc)
             finally:
-                os.close(fd)
+                # After a link the temp name is a second name of the claim: drop it now.
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+            if holder["key"] == att.key:
+                continue  # ours already (a repeated ADD)
+            raise CniError(PORT_CONFLICT,
+                           f"host port {claim} is already published by container {holder['containerID']} "
+                           f"(ifname {holder['ifname']}, network {holder['network']})")
 
     def release_claims(self, claims: Iterable[Claim], me: str) -> None:
+        try:
+            self._unlink(self._path("ports", _CLAIM_TEMP))  # a killed take_claims' (the flock is held)
+        except OSError as exc:
+            raise _error("remove", self._path("ports", _CLAIM_TEMP), exc) from None
         for claim in claims:
             path = os.path.join(self._port_dir(claim), claim.host_ip)
             try:

@@ -196,6 +196,10 @@ def gc(store: Store, valid: Collection[tuple[str, str]]) -> tuple[list[IPAddress
     released: list[IPAddress] = []
     errors: list[CniError] = []
     with store.lock():
+        try:
+            store.remove_debris()
+        except CniError as exc:
+            errors.append(exc)
         for ip, cid, ifname in store.all_reservations(errors):
             if _is_valid(cid, ifname, wanted, wanted_ids):
                 continue

@@ -10,6 +10,14 @@ Layout of `<dataDir>/<network>/`, as the reference (`backend/disk/backend.go`,
 - `last_reserved_ip.<rangeSetIndex>`: the last address handed out from a set,
   used as the round-robin starting point.
 
+Both kinds of file are written whole (cni_bridge/atomic_write.py) under the temporary name
+`cni-bridge.tmp`, then linked (a reservation) or renamed (a hint) into place, so no reader,
+ours or the reference's, ever sees a reservation half-written by a writer killed between
+creating the file and writing it (the reference's way leaves an empty file, an address
+reserved by nobody). The reference ignores the temp name where it looks for addresses (it
+is not an IP) and, matching files by content on DEL, removes one holding its container's
+key; ours is removed by the next reservation, DEL and GC.
+
 A Store is not thread-safe: a plugin invocation is one process doing one command.
 """
 
@@ -21,6 +29,7 @@ import ipaddress
 import os
 from collections.abc import Iterator
 
+from .. import atomic_write
 from ..errors import IPAM_STORE_FAILURE, CniError
 from ..records import record
 from .ranges import canonical_ip, ip_key
@@ -35,6 +44,8 @@ if TYPE_CHECKING:
 
 LOCK_NAME = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
+# Every write is under the lock, so one temporary name serves them all.
+TEMP_NAME = "cni-bridge.tmp"
 # The separator between container ID and ifname inside a reservation file.
 LINE_BREAK = "\r\n"
 
@@ -226,39 +237,26 @@ class Store:
 
     # -- writing ---------------------------------------------------------
 
-    @staticmethod
-    def _write_all(fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, range_index: int) -> bool:
         """Claim ip for (container_id, ifname); False if someone already holds it.
 
-        O_EXCL makes the claim atomic even against a writer that ignores the lock.
-        On success last_reserved_ip.<range_index> is updated, as the reference does.
+        link() makes the claim atomic even against a writer that ignores the lock, and the
+        file complete from the moment it has its name. On success
+        last_reserved_ip.<range_index> is updated, as the reference does.
         """
         path = self._path(ip_filename(ip))
+        temp = self._path(TEMP_NAME)
         with self.lock():
-            try:
-                fd = os.open(
-                    path,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                    _FILE_MODE,
-                )
-            except FileExistsError:
+            if os.path.lexists(path):  # taken: spare the write of a file that would not be linked
                 return False
+            try:
+                atomic_write.stage(temp, self._key(container_id, ifname).encode("utf-8", "surrogateescape"),
+                                   _FILE_MODE)
+                if not atomic_write.publish_new(temp, path):
+                    atomic_write.discard(temp)
+                    return False
             except OSError as exc:
                 raise _store_error(path, "create", exc) from exc
-            try:
-                try:
-                    self._write_all(fd, self._key(container_id, ifname).encode("utf-8", "surrogateescape"))
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                # A half-written file would be an unowned reservation: drop it.
-                self._unlink_quietly(path)
-                raise _store_error(path, "write", exc) from exc
             try:
                 self._write_last_reserved(ip, range_index)
             except CniError:
@@ -267,17 +265,21 @@ class Store:
         return True
 
     def _write_last_reserved(self, ip: IPAddress, range_index: int) -> None:
+        # Renamed into place: a rewrite in place (the reference's os.WriteFile) leaves an empty
+        # hint when killed. Staging also removes the temp name the reservation was linked from.
         path = self._path(f"{LAST_RESERVED_PREFIX}{range_index}")
+        temp = self._path(TEMP_NAME)
         try:
-            # Rewritten in place like the reference's os.WriteFile; both sides
-            # only touch it under the lock, so no reader sees a partial write.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE)
-            try:
-                self._write_all(fd, ip_filename(ip).encode("ascii"))
-            finally:
-                os.close(fd)
+            atomic_write.stage(temp, ip_filename(ip).encode("ascii"), _FILE_MODE)
+            atomic_write.publish_replacing(temp, path)
         except OSError as exc:
+            self._unlink_quietly(temp)
             raise _store_error(path, "write", exc) from exc
+
+    def remove_debris(self) -> None:
+        """Remove what a writer killed halfway left: the temp file (never a reservation)."""
+        with self.lock():
+            self._unlink(TEMP_NAME)
 
     @staticmethod
     def _unlink_quietly(path: str) -> None:
@@ -311,6 +313,7 @@ class Store:
         key, legacy = self._key(container_id, ifname), container_id.strip()
         released: list[IPAddress] = []
         with self.lock():
+            self.remove_debris()
             entries = self._entries()
             matched = [e for e in entries if e.content == key]
             if not matched:
