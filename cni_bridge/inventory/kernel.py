@@ -1,0 +1,168 @@
+"""What the kernel holds, fetched once per command, and the checks of attachments against it.
+
+One netlink link dump answers every host veth; one listing per firewall driver and unit (one
+``iptables-save`` per family, one ``nft -j list table``, and for nftables' FORWARD accepts one
+save per dropping FORWARD chain) answers every attachment's rules. The drivers' own ``missing``
+lists the kernel at every call, which is right for one CHECK and a thousand listings for this.
+"""
+
+from __future__ import annotations
+
+from ..errors import FIREWALL_FAILURE, CniError
+from ..records import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..firewall.driver import FirewallDriver, Item
+    from ..firewall.state import Attachment
+    from .sources import FirewallBooks
+
+VETH_OK = "ok"
+VETH_MISSING = "missing"
+VETH_DETACHED = "detached"  # no master: not a port of any bridge
+VETH_DOWN = "down"
+
+
+@record(frozen=True)
+class VethState:
+    state: str  # one of VETH_*
+    bridge: str  # the master's name, "" if none
+
+
+class Links:
+    """The links of the current network namespace, from one dump."""
+
+    def __init__(self) -> None:
+        from ..network.netlink import Netlink
+        with Netlink() as netlink:
+            links = netlink.links()
+        self._by_name = {link.name: link for link in links}
+        self._names = {link.index: link.name for link in links}
+
+    def veth(self, name: str) -> VethState:
+        link = self._by_name.get(name)
+        if link is None:
+            return VethState(VETH_MISSING, "")
+        bridge = self._names.get(link.master, "") if link.master else ""
+        state = VETH_DETACHED if not bridge else VETH_DOWN if not link.up else VETH_OK
+        return VethState(state, bridge)
+
+
+def _unit_name(unit: str) -> str:
+    return f"IPv{unit}" if unit in ("4", "6") else unit
+
+
+class _IptablesView:
+    """One family's tables, from one iptables-save of every table."""
+
+    def __init__(self, family: int) -> None:
+        from ..firewall.iptables import tools
+        from ..firewall.iptables.syntax import parse_save
+        path = tools.tool(family, "save")
+        code, out, err = tools.spawn([path])
+        if code != 0:
+            raise CniError(FIREWALL_FAILURE, f"{path} failed (exit status {code})", err.decode(errors="replace").strip())
+        text = out.decode(errors="replace")
+        tables = {line[1:].strip() for line in text.splitlines() if line.startswith("*")}
+        saved = [parse_save(table, text) for table in tables]
+        self._chains = {s.table: set(s.chains) for s in saved}
+        self._lines = {s.table: s.lines() for s in saved}
+
+    def missing(self, items: Sequence[Item]) -> list[str]:
+        from ..firewall.iptables.driver import split
+        chains, rules = split(items)
+        return [*(f"{table}: chain {chain}" for table, chain in chains if chain not in self._chains.get(table, ())),
+                *(f"{rule.table}: {rule.saved}" for rule in rules if rule.saved not in self._lines.get(rule.table, ()))]
+
+
+class _NftablesView:
+    """The table inet cni-bridge from one listing; the iptables FORWARD chains that need our
+    accepts (policy DROP) from one save each, listed on first need."""
+
+    def __init__(self) -> None:
+        from ..firewall.nftables import syntax, tools
+        self._listed = syntax.parse_listing(tools.list_table())
+        self._forward: list[tuple[str, int, set[str]]] | None = None
+
+    def _dropping_forward_chains(self) -> list[tuple[str, int, set[str]]]:
+        if self._forward is None:
+            from ..firewall.iptables import tools
+            from ..firewall.iptables.syntax import parse_save
+            from ..firewall.nftables.compat import forward_chains
+            self._forward = [(flavour, family, parse_save("filter", tools.save("filter", family, flavour)).lines())
+                             for flavour, family in forward_chains(dropping_only=True)]
+        return self._forward
+
+    def missing(self, items: Sequence[Item]) -> list[str]:
+        from ..firewall.nftables.compat import rules
+        from ..firewall.nftables.syntax import describe
+        out = [describe(item) for item in items if item[0] != "accept" and not self._listed.has(item)]
+        accepts = [rule for item in items if item[0] == "accept" for rule in rules(str(item[1]), str(item[2]))]
+        if accepts:
+            for flavour, family, lines in self._dropping_forward_chains():
+                out.extend(f"iptables-{flavour} (IPv{family}) filter: {rule.saved}"
+                           for rule in accepts if rule.saved not in lines)
+        return out
+
+
+_View = _IptablesView | _NftablesView
+
+
+class RuleCheck:
+    """Which recorded items of an attachment, and of the shared resources it uses, the kernel
+    lacks. Each driver's unit is listed once, on first need; shared resources are checked once."""
+
+    def __init__(self, books: FirewallBooks, warnings: list[str]) -> None:
+        self._books = books
+        self._warnings = warnings
+        self._views: dict[tuple[str, str], _View | None] = {}
+        self._drivers: dict[str, FirewallDriver] = {}
+        self._shared: dict[tuple[str, str, str], list[str]] = {}
+
+    def _view(self, driver: str, unit: str) -> _View | None:
+        if (driver, unit) not in self._views:
+            view: _View | None = None
+            try:
+                if driver == "iptables":
+                    view = _IptablesView(int(unit))
+                elif driver == "nftables":
+                    view = _NftablesView()
+                else:
+                    self._warnings.append(f"unknown firewall driver {driver!r} in a record")
+            except (CniError, ValueError) as exc:
+                self._warnings.append(f"cannot list the {driver} rules ({_unit_name(unit)}): {exc}")
+            self._views[(driver, unit)] = view
+        return self._views[(driver, unit)]
+
+    def _driver(self, name: str) -> FirewallDriver:
+        if name not in self._drivers:
+            from ..firewall import driver_named
+            self._drivers[name] = driver_named(name)
+        return self._drivers[name]
+
+    def _shared_missing(self, driver: str, unit: str, key: str, view: _View) -> list[str]:
+        if (driver, unit, key) not in self._shared:
+            resource = self._books.definition(unit, key)
+            if resource is None:
+                try:
+                    resource = self._driver(driver).shared(key, unit)
+                except (CniError, ValueError):
+                    resource = None  # a resource this version does not know: nothing to compare with
+            self._shared[(driver, unit, key)] = view.missing(resource.items) if resource is not None else []
+        return self._shared[(driver, unit, key)]
+
+    def missing(self, att: Attachment) -> list[str] | None:
+        """Descriptions of what the kernel lacks ([] when intact); None if it cannot be told
+        (the reason is in the warnings, once)."""
+        out: list[str] = []
+        for installed in att.units:
+            view = self._view(att.driver, installed.unit)
+            if view is None:
+                return None
+            lost = view.missing(installed.items)
+            for key in installed.shared:
+                lost.extend(self._shared_missing(att.driver, installed.unit, key, view))
+            out.extend(f"{_unit_name(installed.unit)} {line}" for line in lost)
+        return out
