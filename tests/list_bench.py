@@ -40,8 +40,11 @@ def grow(node: Node, conf: dict[str, Any], containers: list[Container], have: in
 
     while len(containers) * PER_CONTAINER < want:
         containers.append(node.add_container())
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    pool = ThreadPoolExecutor(max_workers=3)
+    try:
         list(pool.map(add, range(have, want)))
+    finally:
+        pool.shutdown(cancel_futures=True)  # Ctrl-C: no more ADDs, then the node goes
 
 
 def timed(node: Node, *args: str) -> tuple[float, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from ..errors import CniError
 from ..network.naming import host_veth_name
 from ..records import record
 from .kernel import VETH_OK, Links, RuleCheck, VethState
@@ -72,8 +71,8 @@ def _recorded_bridge(att: Attachment | None) -> str:
 def _links(warnings: list[str]) -> Links | None:
     try:
         return Links()
-    except CniError as exc:
-        warnings.append(f"cannot list the links: {exc}")
+    except OSError as exc:
+        warnings.append(f"cannot list the links: {exc.strerror or exc}")
         return None
 
 

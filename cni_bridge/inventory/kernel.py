@@ -1,6 +1,6 @@
 """What the kernel holds, fetched once per command, and the checks of attachments against it.
 
-One netlink link dump answers every host veth; one listing per firewall driver and unit (one
+One netlink link dump (links.py) answers every host veth; one listing per firewall driver and unit (one
 ``iptables-save`` per family, one ``nft -j list table``, and for nftables' FORWARD accepts one
 save per dropping FORWARD chain) answers every attachment's rules. The drivers' own ``missing``
 lists the kernel at every call, which is right for one CHECK and a thousand listings for this.
@@ -32,12 +32,11 @@ class VethState:
 
 
 class Links:
-    """The links of the current network namespace, from one dump."""
+    """The links of the current network namespace, from one dump (OSError if it fails)."""
 
     def __init__(self) -> None:
-        from ..network.netlink import Netlink
-        with Netlink() as netlink:
-            links = netlink.links()
+        from .links import dump
+        links = dump()
         self._by_name = {link.name: link for link in links}
         self._names = {link.index: link.name for link in links}
 

@@ -3,6 +3,7 @@ documented in the README, Troubleshooting; keep them in step)."""
 
 from __future__ import annotations
 
+from ..firewall.iptables.syntax import unquote
 from .collect import RULES_MISSING, RULES_NONE
 
 TYPE_CHECKING = False
@@ -33,9 +34,15 @@ def port_text(claims: Sequence[Claim]) -> str:
     return ",".join(out) or "-"
 
 
+def _without_comment(line: str) -> str:
+    """An iptables line without its comment match: the row already says whose rule it is."""
+    head, found, tail = line.partition(" -m comment --comment ")
+    return f"{head} {unquote(tail)[1]}".rstrip() if found else line
+
+
 def rules_text(entry: Entry) -> str:
     if entry.rules == RULES_MISSING:
-        return f"{len(entry.missing)} missing: {entry.missing[0]}"
+        return f"{len(entry.missing)} missing: {_without_comment(entry.missing[0])}"
     return "-" if entry.rules == RULES_NONE else entry.rules
 
 

@@ -227,10 +227,6 @@ class Netlink(NetlinkSocket):
         msg["index"] = index
         return self._get_link(f"get link #{index}", msg)
 
-    def links(self) -> list[Link]:
-        """Every link of the namespace, in one dump."""
-        return [link_from(msg) for msg in self.dump("list links", _ifinfmsg(), _RTM_GETLINK)]
-
     def _get_link(self, what: str, msg: Any) -> Link | None:
         try:
             replies = self.request(what, msg, _RTM_GETLINK)

@@ -25,13 +25,14 @@ def test_ports_on_every_address_of_both_families_are_written_once() -> None:
 
 
 def test_table_columns_are_aligned_and_the_rules_column_says_what_is_missing() -> None:
-    rows = [entry("a" * 64, missing=("IPv4 nat: -A POSTROUTING x", "IPv6 nat: y"), rules="missing"),
+    lost = 'IPv4 nat: -A POSTROUTING -s 10.1.0.2/32 -m comment --comment "cni-bridge net=n id=c if=eth0" -j MASQ'
+    rows = [entry("a" * 64, missing=(lost, "IPv6 nat: y"), rules="missing"),
             entry("b", network="a-longer-network", addresses=(), ifname="", veth="unknown", driver="",
                   rules="none")]
     lines = table(rows).splitlines()
     assert lines[0].split() == ["NETWORK", "CONTAINER", "IFNAME", "ADDRESSES", "PORTS", "BRIDGE", "VETH", "RULES"]
     assert lines[1].split()[:8] == ["net1", "a" * 12, "eth0", "10.1.0.2,fd00::2", "-", "cni0", "ok", "2"]
-    assert lines[1].endswith("2 missing: IPv4 nat: -A POSTROUTING x")
+    assert lines[1].endswith("2 missing: IPv4 nat: -A POSTROUTING -s 10.1.0.2/32 -j MASQ")
     assert lines[2].split() == ["a-longer-network", "b", "?", "-", "-", "cni0", "unknown", "-"]
     for column in ("CONTAINER", "IFNAME", "ADDRESSES", "PORTS", "BRIDGE", "VETH", "RULES"):
         start = lines[0].index(column)
