@@ -63,6 +63,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--sizes", default="1,100,1000")
     parser.add_argument("--backend", default="iptables", choices=("iptables", "nftables"))
+    parser.add_argument("--profile", action="store_true", help="then profile one list from source at the last size")
     options = parser.parse_args()
     node = Node()
     try:
@@ -91,6 +92,11 @@ def main() -> int:
             for name, values in times.items():
                 print(f"{size:>11}  {name:<14} {min(values):7.1f} {statistics.median(values):7.1f} "
                       f"{max(values):7.1f}", flush=True)
+        if options.profile:
+            argv = ["nsenter", f"--net={nstools.netns_path(name=node.name)}", sys.executable, "-m", "cProfile",
+                    "-s", "tottime", "-m", "cni_bridge", "list", *books]
+            out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+            print(out[out.index("function calls"):][:6000])
     finally:
         node.cleanup()
     return 0

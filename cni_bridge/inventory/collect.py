@@ -14,7 +14,7 @@ import os
 
 from ..network.naming import host_veth_name
 from ..records import record
-from .kernel import VETH_OK, Links, RuleCheck, VethState
+from .kernel import VETH_OK, VETH_UNKNOWN, Links, RuleCheck, VethState
 from .sources import FirewallBooks, reservations
 
 TYPE_CHECKING = False
@@ -29,7 +29,6 @@ RULES_OK = "ok"
 RULES_MISSING = "missing"
 RULES_NONE = "none"  # no firewall record: no rules were installed, or the IPAM store is all we know
 RULES_UNKNOWN = "unknown"  # the kernel's rules could not be listed
-VETH_UNKNOWN = "unknown"  # the links could not be listed, or the name cannot be derived
 
 # Shared resources keyed by the bridge they serve, in both rule schemes.
 _BRIDGE_KEYS = ("bridge:", "internal:", "isolate:")
@@ -44,7 +43,7 @@ class Entry:
     ports: tuple[Claim, ...]
     bridge: str  # the veth's master, else the bridge the firewall record names, else ""
     host_veth: str  # "" when it cannot be derived (no ifname)
-    veth: str  # kernel.VETH_* or VETH_UNKNOWN
+    veth: str  # kernel.VETH_*
     driver: str  # the firewall driver of the record, "" without one
     rules: str  # RULES_*
     missing: tuple[str, ...]  # what the kernel lacks of its rules and the shared ones it uses
@@ -100,13 +99,17 @@ def collect(state_dir: str, data_dir: str, networks: Collection[str], warnings: 
     links = _links(warnings)
     rules = RuleCheck(books, warnings)
     entries = []
-    for identity in sorted(records.keys() | reserved.keys()):
-        att = records.get(identity)
-        held = reserved.get(identity, [])
-        entry = _entry(identity, att, [r.ip for r in held], links, rules)
-        if not entry.intact and _gone(books, att, data_dir, held):
-            continue
-        entries.append(entry)
+    try:
+        for identity in sorted(records.keys() | reserved.keys()):
+            att = records.get(identity)
+            held = reserved.get(identity, [])
+            entry = _entry(identity, att, [r.ip for r in held], links, rules)
+            if not entry.intact and _gone(books, att, data_dir, held):
+                continue
+            entries.append(entry)
+    finally:
+        if links is not None:
+            links.close()
     return entries
 
 

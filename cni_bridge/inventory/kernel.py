@@ -23,6 +23,7 @@ VETH_OK = "ok"
 VETH_MISSING = "missing"
 VETH_DETACHED = "detached"  # no master: not a port of any bridge
 VETH_DOWN = "down"
+VETH_UNKNOWN = "unknown"  # the links could not be listed, or the name cannot be derived
 
 
 @record(frozen=True)
@@ -32,21 +33,32 @@ class VethState:
 
 
 class Links:
-    """The links of the current network namespace, from one dump (OSError if it fails)."""
+    """Host veths as bridge ports: one dump (links.py) in the namespace current at construction
+    (OSError if it fails), a lookup for each veth that is not a port and each bridge's name."""
 
     def __init__(self) -> None:
-        from .links import dump
-        links = dump()
-        self._by_name = {link.name: link for link in links}
-        self._names = {link.index: link.name for link in links}
+        from .links import RouteSocket
+        self._socket = RouteSocket()
+        self._ports = {port.name: port for port in self._socket.bridge_ports()}
+        self._bridges: dict[int, str] = {}
+
+    def close(self) -> None:
+        self._socket.__exit__()
+
+    def _bridge(self, index: int) -> str:
+        if index not in self._bridges:
+            bridge = self._socket.link(index=index)
+            self._bridges[index] = bridge.name if bridge is not None else ""
+        return self._bridges[index]
 
     def veth(self, name: str) -> VethState:
-        link = self._by_name.get(name)
-        if link is None:
-            return VethState(VETH_MISSING, "")
-        bridge = self._names.get(link.master, "") if link.master else ""
-        state = VETH_DETACHED if not bridge else VETH_DOWN if not link.up else VETH_OK
-        return VethState(state, bridge)
+        try:
+            port = self._ports.get(name)
+            if port is not None:
+                return VethState(VETH_OK if port.up else VETH_DOWN, self._bridge(port.master))
+            return VethState(VETH_MISSING if self._socket.link(name) is None else VETH_DETACHED, "")
+        except OSError:
+            return VethState(VETH_UNKNOWN, "")
 
 
 def _unit_name(unit: str) -> str:
