@@ -1,9 +1,10 @@
 """`cni-bridge list` and `list --json` with 1, 100 and 1000 real attachments.
 
     .venv/bin/python tests/list_bench.py [--runs N] [--sizes 1,100,1000] [--backend iptables|nftables]
+                                         [--dual-stack] [--profile]
 
-One throwaway node namespace; attachments made by real ADDs (a /22, each with a published port,
-masquerade; ten attachments per container namespace, one interface each). At each size, `list`
+One throwaway node namespace; attachments made by real ADDs (a /22, and a /64 with --dual-stack;
+each with a published port, masquerade; ten attachments per container namespace, one interface each). At each size, `list`
 and `list --json` run interleaved, entered with nsenter --net (no mount namespace to set up),
 timed from spawn to exit; `--version` alongside is the start-up floor. The node's namespaces and
 temp dirs are removed at the end, also on Ctrl-C. Not a test: timing assertions would be flaky.
@@ -27,6 +28,7 @@ from tests import nstools  # noqa: E402
 from tests.plugin import BIN, Container, Node, host_local, netconf  # noqa: E402
 
 SUBNET = "10.250.0.0/22"
+SUBNET6 = "fd00:250::/64"
 PER_CONTAINER = 10
 
 
@@ -63,18 +65,20 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--sizes", default="1,100,1000")
     parser.add_argument("--backend", default="iptables", choices=("iptables", "nftables"))
+    parser.add_argument("--dual-stack", action="store_true", help=f"addresses from {SUBNET6} too")
     parser.add_argument("--profile", action="store_true", help="then profile one list from source at the last size")
     options = parser.parse_args()
     node = Node()
     try:
         data = node.data_dir()
-        conf = netconf(node.net_name(), node.bridge_name(), host_local(data, SUBNET), isGateway=True,
+        conf = netconf(node.net_name(), node.bridge_name(), host_local(data, SUBNET, *([SUBNET6] if options.dual_stack else [])), isGateway=True,
                        ipMasq=True, mtu=1400, firewallBackend=options.backend, stateDir=node.state_dir)
         conf["capabilities"] = {"portMappings": True}
         books = ["--state-dir", node.state_dir, "--data-dir", data]
         containers: list[Container] = []
         have = 0
-        print(f"cni-bridge list, {options.backend} backend, ms from spawn to exit, {options.runs} runs each")
+        print(f"cni-bridge list, {options.backend} backend, {'dual-stack' if options.dual_stack else 'IPv4'}, "
+              f"ms from spawn to exit, {options.runs} runs each")
         print(f"{'attachments':>11}  {'command':<14} {'min':>7} {'median':>7} {'max':>7}")
         for size in (int(s) for s in options.sizes.split(",")):
             started = time.perf_counter()

@@ -98,6 +98,7 @@ def collect(state_dir: str, data_dir: str, networks: Collection[str], warnings: 
         reserved.setdefault((r.network, r.container_id, r.ifname), []).append(r)
     links = _links(warnings)
     rules = RuleCheck(books, warnings)
+    rules.prefetch((att.driver, installed.unit) for att in records.values() for installed in att.units)
     entries = []
     try:
         for identity in sorted(records.keys() | reserved.keys()):

@@ -194,6 +194,17 @@ def test_list_without_books(node: Node) -> None:
         assert proc.returncode == 0 and proc.stdout.startswith("no attachments"), proc
     assert not os.path.exists(missing_state) and not os.path.exists(missing_data)  # nothing created
 
+    # Records of another boot (or namespace) describe tables that are gone: ignored, and said so.
+    stale = node.temp_dir()
+    os.makedirs(os.path.join(stale, "attachments"))
+    for name, text in (("generation", "another-boot 1\n"), ("attachments/0123.json", "{}")):
+        with open(os.path.join(stale, name), "w", encoding="utf-8") as f:
+            f.write(text)
+    proc = run_list(node, "--json", "--state-dir", stale, "--data-dir", missing_data)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["attachments"] == [] and len(doc["warnings"]) == 1, proc
+    assert "earlier boot" in doc["warnings"][0]
+
 
 def test_list_usage(node: Node) -> None:
     proc = run_list(node, "--help")
