@@ -32,7 +32,7 @@ columns
              needed, or only the store knows the attachment); unknown (rules not listable)
 
 options
-  --json            the same as one JSON document (its shape is in the README, Troubleshooting)
+  --json            the same as one JSON document on one line (its shape: README, Troubleshooting)
   --state-dir DIR   the firewall state directory (the config's stateDir; default {DEFAULT_STATE_DIR})
   --data-dir DIR    the host-local store (the config's ipam.dataDir; default {DEFAULT_DATA_DIR})
   --no-trunc        full container IDs (the table shows the first 12 characters)
@@ -82,7 +82,8 @@ def run(argv: list[str]) -> int:
     state_dir, data_dir = options["state-dir"], options["data-dir"]
     entries = collect(state_dir, data_dir, networks, warnings)
     if "json" in options:
-        text = json.dumps(document(entries, state_dir, data_dir, warnings), indent=2) + "\n"
+        # One line: with an indent, json's encoder falls back to pure Python, 0.15 s for 1000 attachments.
+        text = json.dumps(document(entries, state_dir, data_dir, warnings)) + "\n"
     elif entries:
         text = table(entries, full_ids="no-trunc" in options)
     else:

@@ -9,8 +9,8 @@ out rather than reported broken: anything found broken is looked up again at the
 
 from __future__ import annotations
 
-import ipaddress
 import os
+import socket
 
 from ..network.naming import host_veth_name
 from ..records import record
@@ -53,9 +53,11 @@ class Entry:
         return self.veth == VETH_OK and self.rules in (RULES_OK, RULES_NONE)
 
 
-def _address_order(text: str) -> tuple[int, int]:
-    address = ipaddress.ip_address(text)
-    return address.version, int(address)
+def _address_order(text: str) -> tuple[int, bytes]:
+    """IPv4 before IPv6 (AF_INET < AF_INET6), each in numeric order; inet_pton costs a
+    fraction of what ipaddress does, which counts with a thousand attachments."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    return family, socket.inet_pton(family, text)
 
 
 def _recorded_bridge(att: Attachment | None) -> str:
