@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from ..errors import CniError
-from ..firewall.state import Store, _current_generation
+from ..firewall.state import Store, _current_generation, _is_other_generation
 from ..ipam.store import LINE_BREAK, parse_ip_filename
 from ..records import record
 
@@ -45,13 +45,14 @@ class FirewallBooks:
 
     def stale(self) -> bool:
         """Whether the records describe the tables of an earlier boot or another network
-        namespace: the next plugin run discards them, and so does this view."""
+        namespace, as the plugin decides it: its next firewall operation discards them, and
+        this view ignores them."""
         try:
             with open(os.path.join(self.directory, "generation"), encoding="utf-8") as f:
                 recorded = f.read().strip()
         except OSError:
             return False
-        return bool(recorded) and recorded != _current_generation()
+        return bool(recorded) and _is_other_generation(recorded, _current_generation())
 
     def attachments(self) -> list[Attachment]:
         directory = os.path.join(self.directory, "attachments")
