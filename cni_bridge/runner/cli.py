@@ -29,6 +29,7 @@ usage: {PLUGIN_NAME} add|check|del [-i IFNAME] [--container-id ID] NETNAME NETNS
        {PLUGIN_NAME} install-cni [options]    (see {PLUGIN_NAME} install-cni --help)
        {PLUGIN_NAME} prune-bundles [CACHE_DIR] (see {PLUGIN_NAME} prune-bundles --help)
        {PLUGIN_NAME} restore [--state-dir DIR]... (see {PLUGIN_NAME} restore --help)
+       {PLUGIN_NAME} list [--json] [NETWORK...] (see {PLUGIN_NAME} list --help)
        {PLUGIN_NAME} --help | --version
 
 Without arguments, and with CNI_COMMAND in the environment, {PLUGIN_NAME} is a CNI plugin:
@@ -56,6 +57,8 @@ commands
   install-cni
            set a Kubernetes node up: copy this executable into the CNI plugin directory and
            write a network list for the node's pod CIDRs (the DaemonSet in deploy/ runs it).
+  list     show every attachment on this host from the plugin's own books (firewall state and
+           host-local store), and whether its host veth and firewall rules are intact. Read-only.
 
 arguments
   NETNAME  the "name" of a network list in NETCONFPATH.
@@ -212,6 +215,9 @@ def run(argv: list[str], environ: dict[str, str]) -> int:
     if argv[0] == "install-cni":
         from ..install_cni import run as install_cni
         return install_cni(argv[1:], environ)
+    if argv[0] == "list":
+        from ..inventory.cli import run as list_attachments
+        return list_attachments(argv[1:])
     if argv[0] == "prune-bundles":
         from ..onefile import run_prune
         return run_prune(argv[1:], environ)
