@@ -170,7 +170,7 @@ def _temp_of(path: str) -> str:
 _UNKNOWN_BOOT = "unknown"
 
 
-def _current_generation() -> str:
+def current_generation() -> str:
     boot = current_boot_id() or _UNKNOWN_BOOT
     try:
         netns = os.stat("/proc/thread-self/ns/net").st_ino
@@ -179,7 +179,7 @@ def _current_generation() -> str:
     return f"{boot} {netns}"
 
 
-def _is_other_generation(recorded: str, current: str) -> bool:
+def is_other_generation(recorded: str, current: str) -> bool:
     """True when the tables the records describe are certainly gone.
 
     Another namespace, or another boot when both boots are known. A boot that cannot be
@@ -243,7 +243,7 @@ class Store:
 
     def _check_generation(self) -> None:
         path = self._path("generation")
-        current = _current_generation()
+        current = current_generation()
         try:
             with open(path, encoding="utf-8") as f:
                 recorded = f.read().strip()
@@ -253,7 +253,7 @@ class Store:
             raise _error("read", path, exc) from None
         if recorded == current:
             return
-        stale = bool(recorded) and _is_other_generation(recorded, current)
+        stale = bool(recorded) and is_other_generation(recorded, current)
         if recorded and not stale and current.startswith(_UNKNOWN_BOOT + " "):
             return  # keep the known boot recorded: it still decides at the next readable call
         try:

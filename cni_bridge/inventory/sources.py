@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from ..errors import CniError
-from ..firewall.state import Store, _current_generation, _is_other_generation
+from ..firewall.state import Store, current_generation, is_other_generation
 from ..ipam.store import LINE_BREAK, parse_ip_filename
 from ..records import record
 
@@ -52,7 +52,7 @@ class FirewallBooks:
                 recorded = f.read().strip()
         except OSError:
             return False
-        return bool(recorded) and _is_other_generation(recorded, _current_generation())
+        return bool(recorded) and is_other_generation(recorded, current_generation())
 
     def attachments(self) -> list[Attachment]:
         directory = os.path.join(self.directory, "attachments")
