@@ -17,7 +17,7 @@ VENV=.venv
 PYTHON=/usr/bin/python3
 
 BUILD_PACKAGES=(python3 python3-venv python3-dev libpython3.11 binutils iproute2 iptables nftables)
-TEST_PACKAGES=(curl iputils-ping socat conntrack busybox-static containernetworking-plugins podman runc containerd)
+TEST_PACKAGES=(curl iputils-ping socat conntrack busybox-static containernetworking-plugins podman runc containerd strace)
 # The benchmark's libcni client (bench/libcni) is Go, built against Debian's libcni sources.
 BENCH_PACKAGES=(golang-go golang-github-appc-cni-dev)
 
