@@ -28,7 +28,8 @@ sys.stderr.write("\\nLOADED=" + json.dumps([code, loaded]) + "\\n")
 
 HEAVY = ("pyroute2", "jsonschema", "subprocess", "asyncio", "logging", "dataclasses", "typing")
 # What pyroute2's message layer would drag in, and OpenSSL for a digest of a few bytes.
-NOT_FOR_ADD = ("multiprocessing", "platform", "logging", "traceback", "hashlib", "_hashlib", "jsonschema", "asyncio")
+NOT_FOR_ADD = ("multiprocessing", "platform", "logging", "traceback", "pkgutil", "hashlib", "_hashlib", "jsonschema",
+               "asyncio")
 
 
 def loaded_modules(node: str, environ: dict[str, str], stdin: bytes,

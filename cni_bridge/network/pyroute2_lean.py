@@ -86,10 +86,12 @@ class _LightConfig(types.ModuleType):
 
 
 class _Deferred(types.ModuleType):
-    """A stand-in for a standard module pyroute2 imports but uses only when something fails.
+    """A stand-in for a standard module pyroute2 imports but uses only when something fails
+    or is configured.
 
     ``pyroute2.netlink`` imports logging and traceback (about 4 ms with what they pull in)
-    to report decoding errors. While pyroute2 loads, these names resolve to this stand-in;
+    to report decoding errors, ``ifinfmsg`` pkgutil to load link-kind plugins from packages
+    named in its config (none). While pyroute2 loads, these names resolve to this stand-in;
     the first attribute read imports the real module and forwards to it. ``getLogger`` at
     import time returns a logger that does the same on its first use, so a warning pyroute2
     logs later still reaches the real logging module.
@@ -114,7 +116,7 @@ class _DeferredLogger:
         return getattr(logging.getLogger(self._name), attr)
 
 
-_DEFERRED = ("logging", "traceback")
+_DEFERRED = ("logging", "traceback", "pkgutil")
 
 
 def load(name: str) -> types.ModuleType:
