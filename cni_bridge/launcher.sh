@@ -11,13 +11,29 @@ payload_size_mb=@PAYLOAD_SIZE_MB@
 cache=${CNI_BRIDGE_CACHE_DIR:-@DEFAULT_CACHE_DIR@}
 bundle=$cache/@BUNDLE_NAME@
 
+# PyInstaller's bootloader (one-folder mode, Linux) puts the bundle's libraries on
+# LD_LIBRARY_PATH and then execs itself once more, for the dynamic loader to see them. Set
+# here what it would set and it goes on at once, in the process this script execs. A start
+# from inside this build (the variables already name it) keeps them as they are; where they
+# do not match what the bootloader computes (a cache path through a symlink), it restarts
+# as before.
+run_bundle() {
+    [ "$1" = install-cni ] && export CNI_BRIDGE_LAUNCHER="$0"
+    if [ "${_PYI_ARCHIVE_FILE-}" != "$bundle/cni-bridge" ]; then
+        [ -n "${LD_LIBRARY_PATH-}" ] && export LD_LIBRARY_PATH_ORIG="$LD_LIBRARY_PATH"
+        export LD_LIBRARY_PATH="$bundle/_internal${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        export _PYI_ARCHIVE_FILE="$bundle/cni-bridge" _PYI_PARENT_PROCESS_LEVEL=-1
+        export _PYI_LINUX_PROCESS_NAME=cni-bridge
+    fi
+    exec "$bundle/cni-bridge" "$@"
+}
+
 # Every start but the first: only complete extractions get this name. The start is recorded
 # (an empty file's mtime): prune-bundles keeps what was started recently.
 case $cache in /*)
     if [ -x "$bundle/cni-bridge" ]; then
         true 2>/dev/null >"$bundle/.last-start"
-        [ "$1" = install-cni ] && export CNI_BRIDGE_LAUNCHER="$0"
-        exec "$bundle/cni-bridge" "$@"
+        run_bundle "$@"
     fi
 esac
 
@@ -97,5 +113,4 @@ if [ ! -x "$bundle/cni-bridge" ]; then
     done
 fi
 exec 9>&-
-[ "$1" = install-cni ] && export CNI_BRIDGE_LAUNCHER="$0"
-exec "$bundle/cni-bridge" "$@"
+run_bundle "$@"

@@ -21,14 +21,20 @@ sys.path.insert(0, {root!r})
 from cni_bridge.main import main
 sys.stdin = io.TextIOWrapper(io.BytesIO({stdin!r}))
 code = main([], {environ!r})
-loaded = sorted(m for m in ("pyroute2", "jsonschema", "subprocess", "asyncio", "logging", "dataclasses", "typing")
-                if m in sys.modules)
+loaded = sorted(m for m in {watched!r} if m in sys.modules)
 sys.stderr.write("\\nLOADED=" + json.dumps([code, loaded]) + "\\n")
 """
 
 
-def loaded_modules(node: str, environ: dict[str, str], stdin: bytes) -> tuple[int, list[str]]:
-    script = PROBE.format(root=str(ROOT), stdin=stdin, environ=environ)
+HEAVY = ("pyroute2", "jsonschema", "subprocess", "asyncio", "logging", "dataclasses", "typing")
+# What pyroute2's message layer would drag in, and OpenSSL for a digest of a few bytes.
+NOT_FOR_ADD = ("multiprocessing", "platform", "logging", "traceback", "pkgutil", "hashlib", "_hashlib", "jsonschema",
+               "asyncio")
+
+
+def loaded_modules(node: str, environ: dict[str, str], stdin: bytes,
+                   watched: tuple[str, ...] = HEAVY) -> tuple[int, list[str]]:
+    script = PROBE.format(root=str(ROOT), stdin=stdin, environ=environ, watched=watched)
     proc = subprocess.run(["ip", "netns", "exec", node, sys.executable, "-I", "-c", script],
                           capture_output=True, timeout=30)
     marker = [line for line in proc.stderr.decode().splitlines() if line.startswith("LOADED=")]
@@ -85,3 +91,19 @@ def test_del_of_unknown_container_loads_no_netlink(node: str) -> None:
         assert os.listdir(data_dir) == []  # DEL of an unknown network creates no store or state directory
     assert code == 0
     assert loaded == []
+
+
+def test_add_and_del_load_only_what_they_use() -> None:
+    """A whole ADD (veth, addresses, routes, iptables rules) and its DEL, from source."""
+    if not nstools.have_privileges():
+        pytest.skip("needs root for throwaway namespaces")
+    with nstools.throwaway_netns(2) as (node, container), tempfile.TemporaryDirectory(prefix="cbt-lazy-") as work:
+        conf = {"cniVersion": "1.0.0", "name": "lazyadd", "type": "cni-bridge", "bridge": "cbt-lazy0",
+                "isGateway": True, "ipMasq": True, "stateDir": f"{work}/state",
+                "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+                "ipam": {"type": "host-local", "subnet": "10.251.0.0/24", "dataDir": f"{work}/ipam"}}
+        for command in ("ADD", "DEL"):
+            env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "lazy1", "CNI_NETNS": nstools.netns_path(container),
+                   "CNI_IFNAME": "eth0", "CNI_BRIDGE_HELPER": "0", "PATH": os.environ.get("PATH", "")}
+            code, loaded = loaded_modules(node, env, json.dumps(conf).encode(), NOT_FOR_ADD)
+            assert (command, code, loaded) == (command, 0, [])

@@ -52,9 +52,9 @@ def attachment_digest(network: str, container_id: str, ifname: str) -> str:
     """sha256 of an attachment's identity, hex: the source of every name derived from it
     (host veth, firewall chains, state files). NUL-separated, so ("a", "bc") and ("ab", "c")
     differ; ifname included, so two interfaces of one container get their own."""
-    import hashlib  # only where a name is derived: validating a name must stay cheap
+    from ..digest import sha256_hex  # only where a name is derived: validating a name must stay cheap
 
-    return hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
+    return sha256_hex(f"{network}\0{container_id}\0{ifname}".encode())
 
 
 def host_veth_name(network: str, container_id: str, ifname: str) -> str:
@@ -72,8 +72,8 @@ def bridge_mac(bridge: str) -> str:
     Without one the kernel gives the bridge the lowest MAC of its ports, which changes as
     containers come and go and leaves neighbours with stale ARP entries.
     """
-    import hashlib
+    from ..digest import sha256_digest
 
-    digest = hashlib.sha256(f"cni-bridge\0{bridge}".encode()).digest()
+    digest = sha256_digest(f"cni-bridge\0{bridge}".encode())
     first = (digest[0] & 0xFC) | 0x02  # locally administered, unicast
     return ":".join(f"{b:02x}" for b in (first, *digest[1:6]))

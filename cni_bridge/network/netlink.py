@@ -77,6 +77,7 @@ _RT_SCOPE_HOST = 254
 _RTPROT_BOOT = 3
 _RTN_UNICAST = 1
 _RTM_F_CLONED = 0x200
+_RTM_F_FIB_MATCH = 0x2000
 
 
 @record(frozen=True)
@@ -212,6 +213,9 @@ class Netlink(NetlinkSocket):
 
     def __init__(self) -> None:
         super().__init__(NETLINK_ROUTE)
+        # Every container adds a link, its addresses and routes to the host's namespace: dumps
+        # must be filtered by the kernel, or their cost grows with the number of containers.
+        self.check_strictly()
 
     # --- links ----------------------------------------------------------------
 
@@ -401,10 +405,15 @@ class Netlink(NetlinkSocket):
         """Addresses, optionally of one link and/or one family (AF_INET, AF_INET6)."""
         msg = _ifaddrmsg()
         msg["family"] = family or socket.AF_UNSPEC
-        replies = self.dump("list addresses", msg, _RTM_GETADDR)
+        msg["index"] = index or 0
+        try:
+            replies = self.dump("list addresses", msg, _RTM_GETADDR)
+        except NetlinkError as e:
+            if e.errno == errno.ENODEV:  # strict checking: no link with that index
+                return []
+            raise
         result = [_address_from(m) for m in replies]
-        # Without NETLINK_GET_STRICT_CHK the kernel ignores the index in dump
-        # requests, so filter here.
+        # A kernel without strict checking (before 4.20) ignores the index: filter here too.
         return [a for a in result if (index is None or a.index == index) and (family is None or a.family == family)]
 
     def add_address(self, index: int, address: str, prefixlen: int, *, nodad: bool = False) -> None:
@@ -458,8 +467,17 @@ class Netlink(NetlinkSocket):
         """Routes of one family in one table (main by default), without cache clones."""
         msg = _rtmsg()
         msg["family"] = family
+        # With strict checking the kernel dumps that table only (a kernel without it ignores
+        # the filter, and the loop below filters).
+        msg["attrs"] = [("RTA_TABLE", table)]
+        try:
+            replies = self.dump("list routes", msg, _RTM_GETROUTE)
+        except NetlinkError as e:
+            if e.errno == errno.ENOENT:  # strict checking: no such table
+                return []
+            raise
         result = []
-        for reply in self.dump("list routes", msg, _RTM_GETROUTE):
+        for reply in replies:
             if reply["flags"] & _RTM_F_CLONED:
                 continue
             route = _route_from(reply)
@@ -525,8 +543,39 @@ class Netlink(NetlinkSocket):
 
     def default_route_oif(self, family: int) -> int | None:
         """The ifindex of the main table's preferred default route, None if there is none."""
+        if family == socket.AF_INET6:
+            found, oif = self._ipv6_default_route_oif()
+            if found:
+                return oif
+        # The IPv4 main table holds a route per subnet, not per container: a dump stays small.
         defaults = [r for r in self.routes(family) if r.dst_len == 0 and r.oif]
         if not defaults:
             return None
         return min(defaults, key=lambda r: r.priority).oif
 
+    def _ipv6_default_route_oif(self) -> tuple[bool, int | None]:
+        """Ask the kernel which route "::" matches: (True, its oif) if it is the main table's
+        default route, (True, None) if there is no route at all, (False, None) if this lookup
+        cannot tell (another table or a more specific route answered: the caller dumps).
+
+        Why not a dump: the IPv6 main table holds a link-local route for every veth on the
+        host, 300 containers mean 300 routes to decode. A dump cannot be filtered by prefix
+        length; a lookup of the all-zero address finds the default route, lowest metric
+        first. IPv4 has no such lookup: the kernel answers any lookup of 0.0.0.0 with the
+        loopback device.
+        """
+        msg = _rtmsg()
+        msg["family"] = socket.AF_INET6
+        msg["dst_len"] = 128
+        msg["flags"] = _RTM_F_FIB_MATCH  # the matching route itself, not a resolved clone
+        msg["attrs"] = [("RTA_DST", "::")]
+        try:
+            replies = self.request("look up the IPv6 default route", msg, _RTM_GETROUTE)
+        except NetlinkError as e:
+            if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                return True, None
+            return False, None
+        route = _route_from(replies[0]) if replies else None
+        if route is None or route.dst_len != 0 or route.table != _RT_TABLE_MAIN:
+            return False, None
+        return True, route.oif or None

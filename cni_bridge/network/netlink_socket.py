@@ -61,6 +61,7 @@ NLA_F_NESTED = 0x8000
 _SOL_NETLINK = 270
 _NETLINK_CAP_ACK = 10
 _NETLINK_EXT_ACK = 11
+_NETLINK_GET_STRICT_CHK = 12
 
 _NLM_F_REQUEST = 0x1
 _NLM_F_ACK = 0x4
@@ -132,6 +133,23 @@ class NetlinkSocket:
             raise _fail("set up the netlink socket", e.errno or 0) from None
         self._sock: socket.socket | None = sock
         self._seq = 0
+
+    def check_strictly(self) -> bool:
+        """Ask the kernel to honour the filters of dump requests (index, table...); False if it cannot.
+
+        Without ``NETLINK_GET_STRICT_CHK`` the kernel ignores them and sends everything: an address
+        dump of one link returns every address of the namespace, which grows with the number of
+        containers. Kernels before 4.20 refuse the option; callers filter the replies themselves
+        either way. It also makes the kernel refuse get and dump requests with fields it does not
+        filter on, so set only those.
+        """
+        if self._sock is None:
+            return False
+        try:
+            self._sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
+        except OSError:
+            return False
+        return True
 
     def __enter__(self) -> Self:
         return self

@@ -57,11 +57,78 @@ def install_stub() -> None:
     # "from pyroute2 import IPRoute" fails: import the full package before this
     # module if a process needs both.
     sys.modules[PACKAGE] = stub
+    config = _LightConfig(f"{PACKAGE}.config")
+    sys.modules[config.__name__] = config
+    stub.config = config  # type: ignore[attr-defined]
+
+
+class _LightConfig(types.ModuleType):
+    """``pyroute2.config`` as far as the message classes read it.
+
+    The real module imports multiprocessing and platform and calls ``uname`` (about 5 ms of
+    every start) for settings only pyroute2's sockets use. The message classes read the
+    three below. Anything else loads the real module once, under its own name, and takes
+    its values: what is read is always pyroute2's own setting.
+    """
+
+    AF_BRIDGE = 7
+    data_plugins_pkgs: list[str] = []
+    data_plugins_path: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = importlib.import_module(self.__name__)
+        self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
+        return getattr(real, name)
+
+
+class _Deferred(types.ModuleType):
+    """A stand-in for a standard module pyroute2 imports but uses only when something fails
+    or is configured.
+
+    ``pyroute2.netlink`` imports logging and traceback (about 4 ms with what they pull in)
+    to report decoding errors, ``ifinfmsg`` pkgutil to load link-kind plugins from packages
+    named in its config (none). While pyroute2 loads, these names resolve to this stand-in;
+    the first attribute read imports the real module and forwards to it. ``getLogger`` at
+    import time returns a logger that does the same on its first use, so a warning pyroute2
+    logs later still reaches the real logging module.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name == "getLogger" and sys.modules.get(self.__name__) is self:
+            return _DeferredLogger
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+class _DeferredLogger:
+    def __init__(self, name: str | None = None) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import logging
+        return getattr(logging.getLogger(self._name), attr)
+
+
+_DEFERRED = ("logging", "traceback", "pkgutil")
 
 
 def load(name: str) -> types.ModuleType:
     """A pyroute2 module by its name below the package, e.g. "netlink.nfnetlink.nfctsocket"."""
-    return importlib.import_module(f"{PACKAGE}.{name}")
+    stand_ins = {m: _Deferred(m) for m in _DEFERRED if m not in sys.modules}
+    sys.modules.update(stand_ins)
+    try:
+        return importlib.import_module(f"{PACKAGE}.{name}")
+    finally:
+        for module, stand_in in stand_ins.items():
+            if sys.modules.get(module) is stand_in:
+                del sys.modules[module]
 
 
 install_stub()

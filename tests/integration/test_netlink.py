@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -392,6 +393,71 @@ def test_routes(ns: Callable[[], Ns]) -> None:
     with pytest.raises(NetlinkError) as info:
         cont.nl.add_route(None, 0, gateway="10.77.0.1", family=socket.AF_INET)
     assert info.value.errno == errno.EEXIST and "default via 10.77.0.1" in info.value.msg
+
+
+class DumpSpy:
+    """Counts what the kernel sends back to a socket's dumps (before any filtering of ours)."""
+
+    def __init__(self, nl: Netlink, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.replies: list[Any] = []
+        self.dumps = 0
+        real = nl.dump
+
+        def dump(what: str, msg: Any, msg_type: int) -> list[Any]:
+            self.dumps += 1
+            replies = real(what, msg, msg_type)
+            self.replies.extend(replies)
+            return replies
+
+        monkeypatch.setattr(nl, "dump", dump)
+
+
+def test_the_kernel_filters_dumps_so_their_cost_does_not_grow_with_the_links(
+        ns: Callable[[], Ns], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every container adds a link, addresses and routes to the host: an ADD that lists the
+    bridge's addresses or the main table must not receive all of them (strict checking)."""
+    a = ns()
+    indexes = [veth_pair(a, f"va{i}", f"vb{i}")[0] for i in range(4)]
+    for i, index in enumerate(indexes):
+        a.nl.add_address(index, f"10.66.{i}.1", 24)
+        a.nl.add_address(index, f"fd66:{i}::1", 64, nodad=True)
+    a.nl.add_route("10.99.0.0", 16, oif=indexes[0], family=socket.AF_INET, table=100)
+    spy = DumpSpy(a.nl, monkeypatch)
+
+    got = a.nl.addresses(indexes[2], socket.AF_INET)
+    assert [(x.address, x.index) for x in got] == [("10.66.2.1", indexes[2])]
+    assert len(spy.replies) == 1
+    spy.replies.clear()
+    assert {x.address for x in a.nl.addresses(indexes[1])} >= {"10.66.1.1", "fd66:1::1"}
+    assert {reply["index"] for reply in spy.replies} == {indexes[1]}
+
+    spy.replies.clear()
+    t100 = a.nl.routes(socket.AF_INET, table=100)
+    assert [(r.dst, r.table) for r in t100] == [("10.99.0.0", 100)]
+    assert len(spy.replies) == 1  # not the main and local tables' routes of 4 links
+
+    # What does not exist is empty, as without strict checking.
+    assert a.nl.addresses(987654) == []
+    assert a.nl.routes(socket.AF_INET, table=4242) == []
+
+
+def test_the_ipv6_default_route_is_looked_up_not_dumped(ns: Callable[[], Ns], monkeypatch: pytest.MonkeyPatch) -> None:
+    a = ns()
+    indexes = [veth_pair(a, f"va{i}", f"vb{i}")[0] for i in range(3)]
+    spy = DumpSpy(a.nl, monkeypatch)
+    assert a.nl.default_route_oif(socket.AF_INET6) is None
+    a.nl.add_address(indexes[1], "fd77::2", 64, nodad=True)
+    a.nl.add_address(indexes[2], "fd78::2", 64, nodad=True)
+    a.nl.add_route(None, 0, gateway="fd77::1", family=socket.AF_INET6, oif=indexes[1], priority=2000)
+    assert a.nl.default_route_oif(socket.AF_INET6) == indexes[1]
+    # The lowest metric wins, as it does for the kernel's own choice.
+    a.nl.add_route(None, 0, gateway="fd78::1", family=socket.AF_INET6, oif=indexes[2], priority=100)
+    assert a.nl.default_route_oif(socket.AF_INET6) == indexes[2]
+    assert spy.dumps == 0
+    # A more specific route than the default matching "::" leaves it to the dump, which agrees.
+    a.nl.add_route("::", 1, gateway="fd77::1", family=socket.AF_INET6, oif=indexes[1])
+    assert a.nl.default_route_oif(socket.AF_INET6) == indexes[2]
+    assert spy.dumps == 1
 
 
 def test_route_via_unreachable_gateway_fails(ns: Callable[[], Ns]) -> None:

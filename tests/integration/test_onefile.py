@@ -149,6 +149,20 @@ def test_a_copy_in_any_directory_extracts_once_and_runs_add_and_del(node: Node) 
     assert runner.returncode == 2 and "unknown command 'no such command'" in runner.stderr
 
 
+def test_a_start_execs_the_bundle_once_and_the_bootloader_does_not_restart(node: Node) -> None:
+    """PyInstaller's bootloader restarts itself (execve) to apply LD_LIBRARY_PATH unless the
+    launcher set it: one exec of the bundle per start, the launcher's."""
+    cache = os.path.join(node.temp_dir(), "bundles")
+    trace = os.path.join(node.temp_dir(), "execs")
+    assert version_works(start(node, BIN, cni_env(cache, "VERSION")))  # the first start extracts
+    proc = start(node, BIN, cni_env(cache, "VERSION"), wrapper=("strace", "-f", "-qq", "-e", "trace=execve", "-o", trace))
+    assert proc.returncode == 0 and "1.1.0" in proc.stdout.decode(), proc.stderr
+    with open(trace, encoding="utf-8") as handle:
+        execs = [line for line in handle if "execve(" in line and "= 0" in line]
+    bundle_executable = os.path.join(cache, bundle_name(BIN), "cni-bridge")
+    assert [e.split('"')[1] for e in execs] == [BIN, bundle_executable], execs
+
+
 def test_the_built_in_cache_is_var_lib_cni_bridge_bundles(node: Node) -> None:
     """The built file itself, no variable; /var/lib is a tmpfs in a private mount namespace."""
     listing = os.path.join(node.temp_dir(), "listing")

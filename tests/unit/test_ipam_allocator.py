@@ -169,6 +169,7 @@ def test_all_reservations_skips_non_reservations(store: Store) -> None:
         (ip("10.0.0.3"), "c1", "eth0"),
         (ip("fd00::2"), "c1", "eth0"),
     ]
+    assert store.find_by_owner("c1", "eth0") == [ip("10.0.0.3"), ip("fd00::2")]
 
 
 def test_all_reservations_tolerates_whitespace_like_the_reference(store: Store) -> None:

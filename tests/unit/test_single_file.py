@@ -119,10 +119,38 @@ def test_arguments_environment_stdin_and_directory_reach_the_bundle(single_file:
         assert argv == [str(extraction / "cni-bridge").encode(), *(a.encode() for a in args)]
         assert (extraction / "report.cwd").read_text() == f"{work}\n"
         assert (extraction / "report.stdin").read_bytes() == stdin
-        seen = dict(e.split("=", 1) for e in (extraction / "report.env").read_text().split("\0")[:-1])
-        # /bin/sh adds PWD (the same directory); nothing else is added, changed or removed.
-        assert seen == {"PATH": PATH, **env, "PWD": str(work)}
+        # /bin/sh adds PWD (the same directory), the launcher what the bootloader's restart would
+        # set; nothing else is added, changed or removed.
+        assert reported_env(extraction) == {"PATH": PATH, **env, "PWD": str(work), **bootloader_env(extraction)}
         assert (b"extracted the bundle" in proc.stderr) == (run == 0)
+
+
+def reported_env(extraction: Path) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in (extraction / "report.env").read_text().split("\0")[:-1])
+
+
+def bootloader_env(extraction: Path, library_path: str = "") -> dict[str, str]:
+    """The variables PyInstaller's bootloader sets before it restarts itself (one-folder mode)."""
+    return {"_PYI_ARCHIVE_FILE": str(extraction / "cni-bridge"), "_PYI_PARENT_PROCESS_LEVEL": "-1",
+            "_PYI_LINUX_PROCESS_NAME": "cni-bridge",
+            "LD_LIBRARY_PATH": str(extraction / "_internal") + (f":{library_path}" if library_path else ""),
+            **({"LD_LIBRARY_PATH_ORIG": library_path} if library_path else {})}
+
+
+def test_the_launcher_sets_what_the_bootloader_would_restart_for(single_file: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    extraction = cache / name_of(single_file)
+    for run in range(2):  # after the extraction, and from it
+        proc = start(single_file, {"CNI_BRIDGE_CACHE_DIR": str(cache), "LD_LIBRARY_PATH": "/opt/lib"})
+        assert proc.returncode == 0, proc.stderr
+        assert reported_env(extraction) == {"PATH": PATH, "CNI_BRIDGE_CACHE_DIR": str(cache),
+                                            "PWD": os.getcwd(), **bootloader_env(extraction, "/opt/lib")}
+    # Started from inside this build (the bundle runs itself, or a helper), the variables already
+    # name it: they stay as the bootloader left them.
+    inherited = {"CNI_BRIDGE_CACHE_DIR": str(cache), "_PYI_ARCHIVE_FILE": str(extraction / "cni-bridge"),
+                 "_PYI_PARENT_PROCESS_LEVEL": "0", "LD_LIBRARY_PATH": "/x"}
+    assert start(single_file, inherited).returncode == 0
+    assert reported_env(extraction) == {"PATH": PATH, "PWD": os.getcwd(), **inherited}
 
 
 def test_the_extraction_is_named_by_the_hash_and_records_each_start(single_file: Path, tmp_path: Path) -> None:

@@ -378,9 +378,9 @@ def _host_or_cidr(cidr: str) -> str:
 def _networks_chain(kind: str, lists: dict[int, list[str]]) -> tuple[str, str, Item]:
     """(key, chain name, item) of the masq or hairpin chain for these networks per family,
     named by their hash: attachments with the same networks share it, others get their own."""
-    import hashlib
+    from ...digest import sha256_hex
     v4, v6 = ",".join(lists.get(4, [])), ",".join(lists.get(6, []))
-    digest = hashlib.sha256(f"{kind}\0{v4}\0{v6}".encode()).hexdigest()[:16]
+    digest = sha256_hex(f"{kind}\0{v4}\0{v6}".encode())[:16]
     return f"{kind}:{digest}", f"{kind}-{digest}", (f"{kind}-chain", f"{kind}-{digest}", v4, v6)
 
 
