@@ -115,7 +115,7 @@ runner del "$NETWORK" "/run/netns/$CTR" || fail "del"
 LEFT=()
 [ -n "$(ip -n "$HOST" -o link show type veth | grep -v 'eth0@')" ] && LEFT+=("a host veth")
 (in_host iptables-save; in_host ip6tables-save) | grep -q -e '-A .*cni-bridge' && LEFT+=("iptables rules")
-ls "$WORK/ipam/$NETWORK" 2>/dev/null | grep -q -v -e '^lock$' -e '^last_reserved_ip' && LEFT+=("an address reservation")
+ls "$WORK/ipam/$NETWORK" 2>/dev/null | grep -q -v -e '^lock$' -e '^last_reserved_ip' -e '^cni-bridge\.boot$' && LEFT+=("an address reservation")
 [ -n "$(ls -A "$WORK/cache/results" 2>/dev/null)" ] && LEFT+=("a cached result")
 [ ${#LEFT[@]} -eq 0 ] || fail "del left ${LEFT[*]} behind"
 say "del" "ok: no veth, no iptables rule, no reservation, no cached result left"
