@@ -47,9 +47,25 @@ def kill_helpers_in(netns_path: str) -> list[int]:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}/ns") for pid in victims):
+    while time.monotonic() < deadline and not all(_is_gone(pid) for pid in victims):
         time.sleep(0.01)
     return victims
+
+
+def _is_gone(pid: int) -> bool:
+    """Dead: no process, or a zombie (it holds nothing but its pid). A killed helper is the
+    zombie of whoever reaps orphans: this machine's init reaps late, and a test that made
+    itself a child subreaper (podman's) reaps its own here."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: its reaper's business
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            state = handle.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def served_requests(state_dir: str) -> int:
