@@ -44,12 +44,15 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # (the default): both for the datapath, firewall and runtime modules (HELPER_MODULES), off elsewhere.
 HELPER_MODE = os.environ.get("CNI_BRIDGE_TEST_HELPER", "auto")
 HELPER_MODULES = ("test_datapath_", "test_del_completes", "test_firewall_", "test_podman", "test_cri", "test_containerd")
+# Firewall tests whose subject is not what runs the plugin: restore is a command of its own.
+SINGLE_MODE_MODULES = ("test_firewall_restore_traffic",)
 
 
 def helper_modes(module: str) -> list[str]:
     """The helper modes a test module's nodes run in."""
     if HELPER_MODE == "auto":
-        return ["off", "require"] if module.rsplit(".", 1)[-1].startswith(HELPER_MODULES) else ["off"]
+        name = module.rsplit(".", 1)[-1]
+        return ["off", "require"] if name.startswith(HELPER_MODULES) and name not in SINGLE_MODE_MODULES else ["off"]
     return {"off": ["off"], "require": ["require"], "both": ["off", "require"]}[HELPER_MODE]
 ALL_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
