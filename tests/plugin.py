@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ class Node:
         self.containers: list[Container] = []
         self.temp_dirs: list[str] = []
         self._state_dir: str | None = None
+        self._state_dir_lock = threading.Lock()
         self.bridges: list[str] = []
         self.host_veths: set[str] = set()
         try:
@@ -186,9 +188,10 @@ class Node:
 
     @property
     def state_dir(self) -> str:
-        if self._state_dir is None:
-            self._state_dir = self.temp_dir()
-        return self._state_dir
+        with self._state_dir_lock:  # tests run the plugin from many threads at once
+            if self._state_dir is None:
+                self._state_dir = self.temp_dir()
+            return self._state_dir
 
     def add_container(self) -> Container:
         c = Container(nstools.create_netns())
