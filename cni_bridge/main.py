@@ -1,12 +1,12 @@
 """Entry point: CNI_COMMAND and stdin in, one result or one error object out.
 
 Only what a command needs is imported, and only once it is known to be needed: VERSION and
-every input error are answered without touching netlink, iptables or jsonschema.
+every input error are answered without touching netlink, iptables or jsonschema, and a request
+handed to the warm helper without importing json (warm_client, jsonscan).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from . import PLUGIN_NAME, __version__, versions
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .config.model import NetConf
 
 def _write_json(obj: Any) -> None:
+    import json
     sys.stdout.write(json.dumps(obj, indent=4) + "\n")
     sys.stdout.flush()
 
@@ -33,6 +34,7 @@ def _read_stdin() -> bytes:
 
 
 def _decode(raw: bytes) -> dict[str, Any]:
+    import json
     try:
         # Strictly UTF-8, as Go reads it: json.loads(bytes) would also guess UTF-16 and UTF-32.
         from .config.gojson import FractionalNumber, JsonObject
@@ -62,14 +64,21 @@ def load_netconf(doc: dict[str, Any], command: str) -> NetConf:
 
 
 def _version(raw: bytes) -> None:
+    """Without json (jsonscan): runtimes ask VERSION often, and its answer is all it does."""
+    from _json import encode_basestring_ascii as quoted
+
+    from .jsonscan import loads
     asked = versions.LATEST
     try:
-        doc = json.loads(raw) if raw.strip() else {}
+        doc = loads(raw) if raw.strip() else {}
         if isinstance(doc, dict) and isinstance(doc.get("cniVersion"), str):
             asked = doc["cniVersion"]
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         pass  # VERSION must answer whatever stdin holds: the runtime asks before it knows what we speak
-    _write_json({"cniVersion": asked, "supportedVersions": list(versions.SUPPORTED_VERSIONS)})
+    # What json.dumps(..., indent=4) prints for {"cniVersion": asked, "supportedVersions": [...]}.
+    listed = ",\n".join(f"        {quoted(v)}" for v in versions.SUPPORTED_VERSIONS)
+    sys.stdout.write(f'{{\n    "cniVersion": {quoted(asked)},\n    "supportedVersions": [\n{listed}\n    ]\n}}\n')
+    sys.stdout.flush()
 
 
 def _describe() -> None:

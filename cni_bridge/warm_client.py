@@ -77,9 +77,9 @@ def socket_path(state_dir: str) -> str:
 
 
 def _document(raw: bytes) -> dict[str, Any] | None:
-    import json
+    from .jsonscan import loads
     try:
-        doc = json.loads(raw)
+        doc = loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None  # the in-process plugin explains the error
     return doc if isinstance(doc, dict) else None
@@ -169,11 +169,25 @@ def _try(path: str, raw: bytes, environ: dict[str, str]) -> int | None:
         sock.close()
 
 
+def encode_header(environ: dict[str, str], cwd: str, umask: int) -> bytes:
+    """The caller's context as NUL-separated fields (none of them can hold a NUL): the
+    working directory, the umask, then KEY=VALUE per variable. Not JSON: json's import
+    alone would cost the client more than the whole hand-over."""
+    fields = [os.fsencode(cwd), b"%d" % umask, *(os.fsencode(f"{k}={v}") for k, v in environ.items())]
+    return b"\0".join(fields)
+
+
+def decode_header(header: bytes) -> tuple[dict[str, str], str, int]:
+    """(environment, working directory, umask) from encode_header's bytes."""
+    cwd, umask, *variables = header.split(b"\0")
+    environ = dict(os.fsdecode(v).partition("=")[::2] for v in variables)
+    return environ, os.fsdecode(cwd), int(umask)
+
+
 def _send_request(sock: Any, raw: bytes, environ: dict[str, str]) -> None:
-    import json
     umask = os.umask(0o022)
     os.umask(umask)
-    header = json.dumps({"env": environ, "cwd": os.getcwd(), "umask": umask}).encode()
+    header = encode_header(environ, os.getcwd(), umask)
     body = len(header).to_bytes(4, "big") + header + len(raw).to_bytes(4, "big") + raw
     fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (1, 2))
     sent = sock.sendmsg([body[:1]], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import io
-import json
 import os
 import select
 import signal
@@ -27,9 +26,8 @@ import struct
 import sys
 import threading
 import time
-from typing import Any
 
-from .warm_client import DONE, GO, LOCK_FD_VARIABLE, READY, build_id, namespace_ids
+from .warm_client import DONE, GO, LOCK_FD_VARIABLE, READY, build_id, decode_header, namespace_ids
 
 IDLE_SECONDS = 120.0
 CHECK_EVERY = 2.0  # how often an idle helper looks at its executable and socket
@@ -187,7 +185,7 @@ def _serve_one(conn: socket.socket) -> None:
     captured = io.BytesIO()
     sys.stdout = io.TextIOWrapper(captured, encoding="utf-8", write_through=True)
     from .main import execute
-    rc = execute(header["env"]["CNI_COMMAND"], header["env"], raw, helper_allowed=False)
+    rc = execute(header[0].get("CNI_COMMAND", ""), header[0], raw, helper_allowed=False)
     sys.stdout.flush()
     out = captured.getvalue()
     # The caller's pipes are closed before it gets the answer: a runtime reading them to the
@@ -226,14 +224,14 @@ def _release_caller_streams() -> None:
     os.close(null)
 
 
-def _receive_request(conn: socket.socket) -> tuple[dict[str, Any], bytes, list[int]]:
+def _receive_request(conn: socket.socket) -> tuple[tuple[dict[str, str], str, int], bytes, list[int]]:
     first, ancdata, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(8))
     fds: list[int] = []
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds += [int.from_bytes(data[i:i + 4], sys.byteorder, signed=True) for i in range(0, len(data), 4)]
     length = int.from_bytes(first + _exact(conn, 3), "big")
-    header = json.loads(_exact(conn, length))
+    header = decode_header(_exact(conn, length))
     raw = _exact(conn, int.from_bytes(_exact(conn, 4), "big"))
     return header, raw, fds
 
@@ -248,14 +246,13 @@ def _exact(conn: socket.socket, size: int) -> bytes:
     return data
 
 
-def _adopt_caller(header: dict[str, Any], fds: list[int]) -> None:
+def _adopt_caller(header: tuple[dict[str, str], str, int], fds: list[int]) -> None:
     """The caller's environment, directory, umask and output streams, as if it ran us."""
-    env = header["env"]
-    assert isinstance(env, dict)
+    env, cwd, umask = header
     os.environ.clear()
     os.environ.update(env)
-    os.chdir(str(header["cwd"]))
-    os.umask(int(str(header["umask"])))
+    os.chdir(cwd)
+    os.umask(umask)
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
