@@ -44,6 +44,10 @@ def loads(raw: bytes) -> Any:
         value, end = _json.make_scanner(_Context())(text, start)  # type: ignore[arg-type]
     except StopIteration:
         raise ValueError("no JSON value") from None
+    except SystemError:
+        # The scanner raises its JSONDecodeError from json.decoder only if that module is
+        # loaded; otherwise CPython 3.11 reports "returned NULL without setting an exception".
+        raise ValueError("not JSON") from None
     if text[end:].strip(_WHITESPACE):
         raise ValueError("extra data after the JSON value")
     return value

@@ -80,3 +80,27 @@ def test_version_and_the_clients_look_for_a_helper_do_not_import_json() -> None:
     proc = subprocess.run([sys.executable, "-E", "-S", "-c", CLIENT_PROBE], capture_output=True, text=True,
                           cwd=root, check=True)
     assert "LOADED=None []" in proc.stderr, proc.stderr
+
+
+NEVER_IMPORTED_PROBE = """
+import sys
+from cni_bridge.jsonscan import loads
+failed = []
+for raw in {cases!r}:
+    try:
+        loads(raw)
+    except ValueError:
+        continue
+    failed.append(raw)
+print(failed, "json" in sys.modules)
+"""
+
+
+def test_it_refuses_bad_text_where_json_was_never_imported() -> None:
+    """The C scanner's own error (JSONDecodeError) lives in json.decoder, which the plugin's
+    process has not loaded: every kind of bad text must still be a ValueError."""
+    cases = [*REFUSED, b'{"a\x00": 1}', '{"a": 1}'.encode("utf-16-le"), '{"a": 1}'.encode("utf-32-le")]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-E", "-S", "-c", NEVER_IMPORTED_PROBE.format(cases=cases)],
+                         capture_output=True, text=True, cwd=root, check=False)
+    assert out.stdout.strip() == "[] False", out.stdout + out.stderr
