@@ -7,10 +7,10 @@ import os
 import sys
 
 from . import PLUGIN_NAME
+from .command_line import UsageError, asks_for_help, usage_failure
 from .config.model import DEFAULT_STATE_DIR
 from .errors import CniError
 
-USAGE_ERROR = 2
 
 HELP = f"""\
 usage: {PLUGIN_NAME} restore [--state-dir DIR]... [-q]
@@ -35,9 +35,6 @@ exit status: 0 when everything recorded is in place; 1 when something could not 
 """
 
 
-class _Usage(Exception):
-    pass
-
 
 def _parse(argv: list[str]) -> tuple[list[str], bool]:
     dirs: list[str] = []
@@ -47,26 +44,24 @@ def _parse(argv: list[str]) -> tuple[list[str], bool]:
         if arg == "--state-dir":
             value = next(rest, None)
             if not value:
-                raise _Usage("--state-dir needs a directory")
+                raise UsageError("--state-dir needs a directory")
             dirs.append(value)
         elif arg.startswith("--state-dir="):
             dirs.append(arg.partition("=")[2])
         elif arg in ("-q", "--quiet"):
             quiet = True
         else:
-            raise _Usage(f"unknown argument {arg!r}")
+            raise UsageError(f"unknown argument {arg!r}")
     return list(dict.fromkeys(dirs or [DEFAULT_STATE_DIR])), quiet
 
 
 def run(argv: list[str], environ: dict[str, str]) -> int:
-    if any(arg in ("-h", "--help") for arg in argv):
-        sys.stdout.write(HELP)
+    if asks_for_help(argv, HELP):
         return 0
     try:
         dirs, quiet = _parse(argv)
-    except _Usage as error:
-        sys.stderr.write(f"{PLUGIN_NAME} restore: {error}\nrun '{PLUGIN_NAME} restore --help' for usage\n")
-        return USAGE_ERROR
+    except UsageError as error:
+        return usage_failure("restore", error)
     from .firewall import driver_named
     from .firewall.restore import restore, summary
     failed = False

@@ -6,10 +6,10 @@ import json
 import sys
 
 from .. import PLUGIN_NAME
+from ..command_line import UsageError, asks_for_help, usage_failure
 
 DEFAULT_STATE_DIR = "/run/cni-bridge"
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-USAGE_ERROR = 2
 
 HELP = f"""\
 usage: {PLUGIN_NAME} list [--json] [--state-dir DIR] [--data-dir DIR] [--no-trunc] [NETWORK...]
@@ -42,9 +42,6 @@ exit status: 0 (also when something is broken: see VETH, RULES, or "intact" in t
 """
 
 
-class _Usage(Exception):
-    pass
-
 
 def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     options: dict[str, str] = {"state-dir": DEFAULT_STATE_DIR, "data-dir": DEFAULT_DATA_DIR}
@@ -56,26 +53,24 @@ def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             if not has_value:
                 value = next(rest, "")
             if not value:
-                raise _Usage(f"--{name} needs a directory")
+                raise UsageError(f"--{name} needs a directory")
             options[name] = value
         elif arg in ("--json", "--no-trunc"):
             options[arg[2:]] = "yes"
         elif arg.startswith("-"):
-            raise _Usage(f"unknown option {arg}")
+            raise UsageError(f"unknown option {arg}")
         else:
             networks.append(arg)
     return options, networks
 
 
 def run(argv: list[str]) -> int:
-    if any(arg in ("-h", "--help") for arg in argv):
-        sys.stdout.write(HELP)
+    if asks_for_help(argv, HELP):
         return 0
     try:
         options, networks = _parse(argv)
-    except _Usage as error:
-        sys.stderr.write(f"{PLUGIN_NAME} list: {error}\nrun '{PLUGIN_NAME} list --help' for usage\n")
-        return USAGE_ERROR
+    except UsageError as error:
+        return usage_failure("list", error)
     from .collect import collect
     from .render import document, table
     warnings: list[str] = []
