@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import nstools
+from tests.reloads import FLUSHES, reload_firewall
 from tests.firewall_node import BACKENDS, IPTABLES, PORTS, REPO, Node, NodeFactory, attachment, node_of  # noqa: F401
 
 pytestmark = [
@@ -27,7 +28,6 @@ pytestmark = [
     pytest.mark.skipif(not nstools.have_privileges(), reason="needs root and iproute2"),
 ]
 
-FLUSHES = ("iptables -F FORWARD", "iptables -t nat -F", "nft flush ruleset", "iptables-restore without ours")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -56,26 +56,9 @@ def install_three(node: Node) -> list[dict[str, object]]:
     return docs
 
 
-def iptables_restore(node: Node, family: int, text: str) -> None:
-    base = "iptables" if family == 4 else "ip6tables"
-    subprocess.run(["ip", "netns", "exec", node.ns, f"{base}-{node.flavour}-restore"], input=text, text=True,
-                   check=True, capture_output=True)
-
-
 def flush(node: Node, how: str, saved: tuple[str, str]) -> None:
     """Take our rules as a reload does; `saved` is the node's iptables before our rules."""
-    for family in (4, 6):
-        if how == "iptables -F FORWARD":
-            node.iptables(family, "-F", "FORWARD")
-        elif how == "iptables -t nat -F":
-            node.iptables(family, "-t", "nat", "-F")
-        elif how == "iptables-restore without ours":
-            iptables_restore(node, family, saved[family // 6])
-    if how == "nft flush ruleset":
-        node.nft("flush", "ruleset")
-        if node.flavour == "nft":  # the reloaded configuration sets its policy again
-            for family in (4, 6):
-                node.iptables(family, "-P", "FORWARD", "DROP")
+    reload_firewall(node.ns, node.flavour, how, saved)
 
 
 def comparable(node: Node) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ import subprocess
 
 import pytest
 
+from tests.reloads import FLUSHES, reload_firewall
 from tests.plugin import BIN, Container, node, requires_plugin  # noqa: F401
 from tests.traffic import (NODE2_V4, NODE2_V6, NODE_V4, NODE_V6, OUTSIDE2_V4, OUTSIDE2_V6, OUTSIDE_V4,  # noqa: F401
                            OUTSIDE_V6, Lab, Probe, backend, lab, probe_all, run_probes)
@@ -26,7 +27,6 @@ pytestmark = [pytest.mark.integration, requires_plugin]
 
 V4, V6 = "10.223.0.0/24", "fd00:223::/64"
 GW4 = "10.223.0.1"
-FLUSHES = ("iptables -F FORWARD", "iptables -t nat -F", "nft flush ruleset", "iptables-restore without ours")
 
 
 def start(lab: Lab) -> tuple[tuple[str, str], dict[str, object]]:
@@ -63,19 +63,7 @@ def working(lab: Lab, c: Container, host_port: int) -> dict[Probe, str | None]:
 
 
 def flush(lab: Lab, how: str, saved: tuple[str, str]) -> None:
-    for family in (4, 6):
-        if how == "iptables -F FORWARD":
-            lab.iptables(family, "-F", "FORWARD")
-        elif how == "iptables -t nat -F":
-            lab.iptables(family, "-t", "nat", "-F")
-        elif how == "iptables-restore without ours":
-            base = "iptables" if family == 4 else "ip6tables"
-            subprocess.run(["ip", "netns", "exec", lab.node.name, f"{base}-{lab.flavour}-restore"],
-                           input=saved[family // 6], text=True, check=True, capture_output=True)
-    if how == "nft flush ruleset":
-        lab.sh(lab.node, "nft", "flush", "ruleset")
-        if lab.flavour == "nft":  # the reloaded configuration sets its policy again
-            lab.forward_policy_drop()
+    reload_firewall(lab.node.name, lab.flavour, how, saved)
 
 
 def ours(lab: Lab) -> list[str]:
