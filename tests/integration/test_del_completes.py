@@ -28,7 +28,8 @@ import pytest
 from cni_bridge.network.naming import host_veth_name
 from tests import warm
 from tests.go_compat_corpus import CASES
-from tests.go_compat_driver import corpus_outcomes, ruleset
+from tests.go_compat_driver import corpus_outcomes
+from tests.leftovers import rules, state_records
 from tests.plugin import (  # noqa: F401
     BIN,
     SKIP_REASON,
@@ -123,19 +124,6 @@ EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "hairpin-and-promisc": _set("promiscMode", True),
     "recased-with-garbage": _recase_with_garbage,
 }
-
-
-def rules(node: Node) -> list[str]:
-    return ruleset(node.sh("iptables-save").stdout) + ruleset(node.sh("ip6tables-save").stdout)
-
-
-def state_records(state_dir: str) -> list[str]:
-    """Files below the stateDir's top level: per attachment, per port, per user of a shared rule."""
-    found = []
-    for top, _, files in os.walk(state_dir):
-        if top != state_dir:
-            found += [os.path.relpath(os.path.join(top, name), state_dir) for name in files]
-    return found
 
 
 def files_mentioning(directory: str, needle: str) -> list[str]:

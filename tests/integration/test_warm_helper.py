@@ -42,7 +42,7 @@ import pytest
 
 from cni_bridge.network.naming import host_veth_name
 from tests import warm
-from tests.integration.test_del_completes import rules, state_records
+from tests.leftovers import rules, state_records
 from tests.plugin import BIN, BUILT, PATH, REF_DIR, Container, Node, host_local, netconf, requires_plugin, reservations
 
 pytestmark = [pytest.mark.integration, requires_plugin]
