@@ -31,7 +31,6 @@ class _Context:
     parse_float = float
     parse_int = int
     parse_constant = staticmethod(_refuse_constant)
-    memo: dict[str, str] = {}
 
 
 def loads(raw: bytes) -> Any:
