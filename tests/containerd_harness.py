@@ -51,6 +51,7 @@ from typing import TypeVar
 
 from tests.oci_image import write_oci_archive
 from tests.plugin import BIN, PATH, REF_DIR, SKIP_REASON, Node, token
+from tests.polling import has_exited
 from tests.rootfs import busybox_unavailable_reason
 
 CONTAINERD = shutil.which("containerd", path=PATH)
@@ -414,7 +415,7 @@ disabled_plugins = [{disabled}]
                 except ProcessLookupError:
                     pass
             if time.monotonic() > deadline:
-                alive = [pid for pid in pids if not _zombie(pid)]
+                alive = [pid for pid in pids if not has_exited(pid)]
                 return [f"processes of the test's containerd survive SIGKILL: {alive}"] if alive else []
             time.sleep(0.05)
         return []
@@ -454,14 +455,6 @@ def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the test process dies (kept across exec), so a
     killed test run does not leave containerd running."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True  # gone
 
 
 Daemon = TypeVar("Daemon", bound=ContainerdDaemon)

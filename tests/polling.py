@@ -28,3 +28,13 @@ def blocked_reading_stdin(pid: int) -> tuple[bool, str]:
         syscall = handle.read()
     # wchan is "pipe_read" or "anon_pipe_read" by kernel version; read(0, ...) on x86-64 is "0 0x0 ".
     return "pipe_read" in wchan or syscall.startswith("0 0x0 "), f"wchan={wchan} syscall={syscall[:40]}"
+
+
+def has_exited(pid: int) -> bool:
+    """No such process, or a zombie: it holds nothing but its pid until its reaper waits for it."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
+            state = handle.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")

@@ -10,6 +10,8 @@ import os
 import signal
 import time
 
+from tests.polling import has_exited
+
 SERVE_MARK = b"CNI_BRIDGE_HELPER_SERVE="
 
 
@@ -60,12 +62,7 @@ def _is_gone(pid: int) -> bool:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass  # not our child: its reaper's business
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            state = handle.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
+    return has_exited(pid)
 
 
 def served_requests(state_dir: str) -> int:
