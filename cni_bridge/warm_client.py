@@ -104,7 +104,8 @@ class HandOver:
 
 def hand_over(raw: bytes, environ: dict[str, str]) -> HandOver:
     doc = _document(raw)
-    if doc is None or mode(environ, doc) == "off":
+    wanted = "off" if doc is None else mode(environ, doc)
+    if doc is None or wanted == "off":
         return HandOver()
     state_dir = _state_dir(doc)
     # Only a stateDir that exists and that we can write to: the helper never creates the
@@ -117,7 +118,7 @@ def hand_over(raw: bytes, environ: dict[str, str]) -> HandOver:
         return HandOver()
     if len(path.encode()) >= 108:
         return HandOver()
-    required = mode(environ, doc) == "require"
+    required = wanted == "require"
     rc = _try(path, raw, environ)
     if rc is None and required:
         deadline = _now() + (REQUIRE_WAIT if spawn_helper(path) else 0.0)
