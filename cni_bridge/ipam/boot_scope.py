@@ -44,9 +44,10 @@ from __future__ import annotations
 import contextlib
 import os
 
+from .. import atomic_write
 from ..boot import current_boot_id
 from ..errors import IPAM_STORE_FAILURE, CniError
-from .store import Store, ip_filename, parse_ip_filename
+from .store import TEMP_NAME, Store, ip_filename, parse_ip_filename
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -85,14 +86,13 @@ def _read_record(path: str) -> tuple[str | None, int | None]:
 
 
 def _write_record(path: str, boot: str) -> int:
-    """Record the boot; returns the new mark (the record's mtime as stored)."""
+    """Record the boot, whole or not at all (staged under the store's temp name, which the
+    store's lock makes ours); returns the new mark (the record's mtime as stored)."""
+    temp = os.path.join(os.path.dirname(path), TEMP_NAME)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, _RECORD_MODE)
-        try:
-            os.write(fd, f"{_RECORD_PREFIX}{boot}\n".encode("ascii"))
-            return os.fstat(fd).st_mtime_ns
-        finally:
-            os.close(fd)
+        atomic_write.stage(temp, f"{_RECORD_PREFIX}{boot}\n".encode("ascii"), _RECORD_MODE)
+        atomic_write.publish_replacing(temp, path)
+        return os.stat(path, follow_symlinks=False).st_mtime_ns
     except OSError as exc:
         raise _error(path, "write", exc) from None
 
