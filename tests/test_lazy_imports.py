@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -15,9 +16,12 @@ import pytest
 from tests import nstools
 
 ROOT = Path(__file__).resolve().parent.parent
+# -S: the interpreter alone, as in the bundle (site and the editable install's finder would
+# load modules of their own); the dependencies come from this interpreter's site-packages.
 PROBE = """
 import io, json, sys
 sys.path.insert(0, {root!r})
+sys.path.append({site_packages!r})
 from cni_bridge.main import main
 sys.stdin = io.TextIOWrapper(io.BytesIO({stdin!r}))
 code = main([], {environ!r})
@@ -28,14 +32,17 @@ sys.stderr.write("\\nLOADED=" + json.dumps([code, loaded]) + "\\n")
 
 HEAVY = ("pyroute2", "jsonschema", "subprocess", "asyncio", "logging", "dataclasses", "typing")
 # What pyroute2's message layer would drag in, and OpenSSL for a digest of a few bytes.
+# typing, threading and weakref: pyroute2's message modules import them for annotations, one
+# lock, one thread-local and a proxy (pyroute2_lean serves those without the modules).
 NOT_FOR_ADD = ("multiprocessing", "platform", "logging", "traceback", "pkgutil", "hashlib", "_hashlib", "jsonschema",
-               "asyncio")
+               "asyncio", "typing", "threading", "weakref")
 
 
 def loaded_modules(node: str, environ: dict[str, str], stdin: bytes,
                    watched: tuple[str, ...] = HEAVY) -> tuple[int, list[str]]:
-    script = PROBE.format(root=str(ROOT), stdin=stdin, environ=environ, watched=watched)
-    proc = subprocess.run(["ip", "netns", "exec", node, sys.executable, "-I", "-c", script],
+    script = PROBE.format(root=str(ROOT), site_packages=sysconfig.get_paths()["purelib"], stdin=stdin,
+                          environ=environ, watched=watched)
+    proc = subprocess.run(["ip", "netns", "exec", node, sys.executable, "-I", "-S", "-c", script],
                           capture_output=True, timeout=30)
     marker = [line for line in proc.stderr.decode().splitlines() if line.startswith("LOADED=")]
     assert marker, proc.stderr.decode()
@@ -107,3 +114,34 @@ def test_add_and_del_load_only_what_they_use() -> None:
                    "CNI_IFNAME": "eth0", "CNI_BRIDGE_HELPER": "0", "PATH": os.environ.get("PATH", "")}
             code, loaded = loaded_modules(node, env, json.dumps(conf).encode(), NOT_FOR_ADD)
             assert (command, code, loaded) == (command, 0, [])
+
+
+STAND_INS_PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+sys.path.append({site_packages!r})
+from cni_bridge.network import netlink, pyroute2_lean
+before = sorted(m for m in ("typing", "threading", "weakref") if m in sys.modules)
+nfct = pyroute2_lean.load("netlink.nfnetlink.nfctsocket")  # pyroute2's socket core: asyncio, threads
+import threading, typing, weakref
+from pyroute2 import common
+real = [typing.Optional[int] == typing.Union[int, None], type(typing.Any).__module__, callable(threading.Thread),
+        weakref.WeakValueDictionary.__module__, type(common._uuid32_lock).__name__]
+msg = netlink._ifinfmsg()
+msg["index"] = 7
+msg["attrs"] = [("IFLA_IFNAME", "cbt-probe")]
+msg.encode()
+decoded = netlink._ifinfmsg(msg.data)
+decoded.decode()
+print(repr((before, real, decoded.get_attr("IFLA_IFNAME"), type(nfct.nfct_msg).__name__)))
+"""
+
+
+def test_pyroute2_stand_ins_serve_only_pyroute2() -> None:
+    """What pyroute2_lean serves in place of typing, threading and weakref while pyroute2 loads:
+    nothing else in the process (a later import, or the standard modules pyroute2's socket core
+    loads) ever sees a placeholder, and the message classes still encode and decode."""
+    script = STAND_INS_PROBE.format(root=str(ROOT), site_packages=sysconfig.get_paths()["purelib"])
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == repr(([], [True, "typing", True, "weakref", "lock"], "cbt-probe", "type"))

@@ -39,14 +39,13 @@ import errno
 import os
 import socket
 import struct
-from typing import Any
 
 from ..errors import LINK_FAILURE, CniError
 from . import pyroute2_lean
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Self
+    from typing import Any, Self
 
 # Protocol numbers and flags from the kernel's uapi headers (stable ABI). Our own
 # copies are typed ints; pyroute2's module constants would be Any to mypy.

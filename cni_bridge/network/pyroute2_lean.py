@@ -19,11 +19,16 @@ ctnetlink's in ``firewall/conntrack.py``).
 
 from __future__ import annotations
 
-import importlib
+import _thread
+import _weakref
 import os
 import sys
 import types
-from typing import Any
+
+# typing costs ~2.6 ms to import; annotations are strings here, so only mypy needs it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PACKAGE = "pyroute2"
 
@@ -80,31 +85,87 @@ class _LightConfig(types.ModuleType):
             raise AttributeError(name)
         if sys.modules.get(self.__name__) is self:
             del sys.modules[self.__name__]
-        real = importlib.import_module(self.__name__)
+        real = _import(self.__name__)
         self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
         return getattr(real, name)
 
 
+def _import(name: str) -> types.ModuleType:
+    """The module of that dotted name, imported if need be: importlib.import_module without
+    the importlib package, whose import brings in warnings."""
+    __import__(name)
+    return sys.modules[name]
+
+
+class _AnnotationOnly:
+    """What a typing name is to pyroute2 while it loads: subscripted or called (``Optional[str]``,
+    ``TypeVar("F", bound=Callable[..., Any])``), it gives itself back, and it ends up in
+    annotations that nothing reads at run time."""
+
+    def __getitem__(self, _: object) -> _AnnotationOnly:
+        return self
+
+    def __call__(self, *_: object, **__: object) -> _AnnotationOnly:
+        return self
+
+    def __repr__(self) -> str:
+        return "<typing name, unused at run time>"
+
+
+_ANNOTATION = _AnnotationOnly()
+
+# Names pyroute2's message modules take from typing for annotations, evaluated as each def
+# runs (they have no `from __future__ import annotations`). Anything else (cast, overload,
+# Generic, TYPE_CHECKING...) is taken from the real module.
+_ANNOTATION_NAMES = frozenset(("Any", "Callable", "Dict", "List", "Literal", "Optional", "Set", "Tuple", "TypeVar",
+                               "Union"))
+
+# The very objects the standard module would give: threading.Lock is _thread.allocate_lock
+# and threading.local is _thread._local; weakref.proxy and ref are _weakref's.
+_SAME_OBJECTS: dict[str, dict[str, Any]] = {
+    "threading": {"Lock": _thread.allocate_lock, "local": _thread._local},
+    "weakref": {"proxy": _weakref.proxy, "ref": _weakref.ref},
+}
+
+
 class _Deferred(types.ModuleType):
-    """A stand-in for a standard module pyroute2 imports but uses only when something fails
-    or is configured.
+    """A stand-in for a standard module pyroute2 imports but uses only when something fails,
+    is configured, or in annotations.
 
     ``pyroute2.netlink`` imports logging and traceback (about 4 ms with what they pull in)
     to report decoding errors, ``ifinfmsg`` pkgutil to load link-kind plugins from packages
-    named in its config (none). While pyroute2 loads, these names resolve to this stand-in;
-    the first attribute read imports the real module and forwards to it. ``getLogger`` at
-    import time returns a logger that does the same on its first use, so a warning pyroute2
-    logs later still reaches the real logging module.
+    named in its config (none); ``pyroute2.common`` and ``pyroute2.netlink`` import typing
+    (about 2.6 ms) for annotations, threading for one lock and one thread-local, and weakref
+    for its proxy (together about 1 ms). While pyroute2 loads, these names resolve to this
+    stand-in:
+    - ``getLogger`` at import time returns a logger that imports logging on its first use,
+      so a warning pyroute2 logs later still reaches the real logging module;
+    - a pyroute2 module importing an annotation name from typing gets a placeholder;
+    - a name in _SAME_OBJECTS is served at once, now and later: it is the same object.
+    Any other attribute read imports the real module and forwards to it.
     """
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        if name == "getLogger" and sys.modules.get(self.__name__) is self:
-            return _DeferredLogger
+        same = _SAME_OBJECTS.get(self.__name__, {}).get(name)
+        if same is not None:
+            return same
         if sys.modules.get(self.__name__) is self:
+            if name == "getLogger" and self.__name__ == "logging":
+                return _DeferredLogger
+            if self.__name__ == "typing" and name in _ANNOTATION_NAMES and _called_from_pyroute2():
+                return _ANNOTATION
             del sys.modules[self.__name__]
-        return getattr(importlib.import_module(self.__name__), name)
+        return getattr(_import(self.__name__), name)
+
+
+def _called_from_pyroute2() -> bool:
+    """Whether the code reading the attribute (`from typing import X` runs in the importing
+    module's frame) belongs to pyroute2; a standard module that happens to load meanwhile
+    gets the real typing."""
+    caller = sys._getframe(2).f_globals.get("__name__", "")
+    return isinstance(caller, str) and caller.startswith(f"{PACKAGE}.")
 
 
 class _DeferredLogger:
@@ -116,7 +177,7 @@ class _DeferredLogger:
         return getattr(logging.getLogger(self._name), attr)
 
 
-_DEFERRED = ("logging", "traceback", "pkgutil")
+_DEFERRED = ("logging", "traceback", "pkgutil", "typing", "threading", "weakref")
 
 
 def load(name: str) -> types.ModuleType:
@@ -124,7 +185,7 @@ def load(name: str) -> types.ModuleType:
     stand_ins = {m: _Deferred(m) for m in _DEFERRED if m not in sys.modules}
     sys.modules.update(stand_ins)
     try:
-        return importlib.import_module(f"{PACKAGE}.{name}")
+        return _import(f"{PACKAGE}.{name}")
     finally:
         for module, stand_in in stand_ins.items():
             if sys.modules.get(module) is stand_in:
@@ -133,7 +194,7 @@ def load(name: str) -> types.ModuleType:
 
 install_stub()
 
-# Imported through importlib rather than "from pyroute2... import": the stub must be
+# Imported by name rather than "from pyroute2... import": the stub must be
 # in place first, and an import statement would be hoisted by formatters and is
 # untyped anyway (pyroute2 ships no py.typed), so mypy sees Any either way.
 nlmsgerr: Any = load("netlink").nlmsgerr
