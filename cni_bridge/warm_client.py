@@ -35,7 +35,7 @@ REQUIRE_WAIT = 10.0  # seconds "require" mode waits for a freshly started helper
 
 
 CONFIG_KEY = "warmHelper"
-
+VARIABLE = "CNI_BRIDGE_HELPER"
 
 OFF_VALUES = frozenset(("0", "false", "no", "off"))
 
@@ -46,12 +46,26 @@ def mode(environ: dict[str, str], doc: dict[str, Any]) -> str:
     CNI_BRIDGE_HELPER wins (0/false/no/off, require, anything else on); without it the
     config's "warmHelper": false turns it off.
     """
-    value = environ.get("CNI_BRIDGE_HELPER")
+    value = environ.get(VARIABLE)
     if value is None:
         return "off" if doc.get(CONFIG_KEY) is False else "on"
     if value.lower() in OFF_VALUES:
         return "off"
     return "require" if value == "require" else "on"
+
+
+def for_plugins_we_start(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` for the plugins this process starts (the runner's): the helper off when our
+    mount namespace ends with us, the rule ``spawn_helper`` applies to its own caller.
+
+    Under ``ip netns exec NODE cni-bridge add`` the runner has a mount namespace of its own, and
+    the plugins it starts share it: to them their parent's namespace outlives them, and each
+    would start a helper no later call can reach (see ``spawn_helper``). A CNI_BRIDGE_HELPER of
+    the caller's is left as it is: it decides the mode (see ``mode``).
+    """
+    if VARIABLE in environ or _mount_namespace_outlives_us():
+        return environ
+    return {**environ, VARIABLE: "0"}
 
 
 def build_id() -> str:

@@ -27,8 +27,6 @@ cleanup() {
     set +e  # clean up everything, whatever fails on the way
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
     for ns in "$CTR" "$LAN" "$HOST"; do
-        # The plugin's warm helper lives in the host namespace until it has been idle a while.
-        [ -e "/run/netns/$ns" ] && ip netns pids "$ns" | xargs -r kill -KILL 2>/dev/null
         [ -e "/run/netns/$ns" ] && ip netns delete "$ns"
     done
     rm -rf "$WORK"

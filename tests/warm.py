@@ -39,10 +39,15 @@ def net_inode(pid: int) -> int | None:
         return None
 
 
+def helpers_in(netns_path: str) -> list[int]:
+    """The helpers (and request children) living in one network namespace."""
+    target = os.stat(netns_path).st_ino
+    return [pid for pid in helper_processes() if net_inode(pid) == target]
+
+
 def kill_helpers_in(netns_path: str) -> list[int]:
     """SIGKILL the helpers (and request children) living in one network namespace; wait for them."""
-    target = os.stat(netns_path).st_ino
-    victims = [pid for pid in helper_processes() if net_inode(pid) == target]
+    victims = helpers_in(netns_path)
     for pid in victims:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import socket
 
+from ..errors import CniError
 from ..network.naming import host_veth_name
 from ..records import record
-from .kernel import VETH_OK, VETH_UNKNOWN, Links, RuleCheck, VethState
+from .kernel import RuleCheck
+from .links import VETH_OK, VETH_UNKNOWN, Links, VethState
 from .sources import FirewallBooks, reservations
 
 TYPE_CHECKING = False
@@ -72,8 +74,8 @@ def _recorded_bridge(att: Attachment | None) -> str:
 def _links(warnings: list[str]) -> Links | None:
     try:
         return Links()
-    except OSError as exc:
-        warnings.append(f"cannot list the links: {exc.strerror or exc}")
+    except CniError as exc:  # NetlinkError: no socket, or the kernel refused the dump
+        warnings.append(f"cannot list the links: {exc}")
         return None
 
 
@@ -95,12 +97,12 @@ def collect(state_dir: str, data_dir: str, networks: Collection[str], warnings: 
     books = FirewallBooks(state_dir, warnings)
     records = {(a.network, a.container_id, a.ifname): a for a in books.attachments()
                if not networks or a.network in networks}
-    reserved: dict[tuple[str, str, str], list[Reservation]] = {}
-    for r in reservations(data_dir, networks, warnings):
-        reserved.setdefault((r.network, r.container_id, r.ifname), []).append(r)
-    links = _links(warnings)
     rules = RuleCheck(books, warnings)
-    rules.prefetch((att.driver, installed.unit) for att in records.values() for installed in att.units)
+    reserved: dict[tuple[str, str, str], list[Reservation]] = {}
+    with rules.prefetching((att.driver, installed.unit) for att in records.values() for installed in att.units):
+        for r in reservations(data_dir, networks, warnings):
+            reserved.setdefault((r.network, r.container_id, r.ifname), []).append(r)
+        links = _links(warnings)
     entries = []
     try:
         for identity in sorted(records.keys() | reserved.keys()):

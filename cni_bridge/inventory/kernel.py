@@ -1,64 +1,25 @@
-"""What the kernel holds, fetched once per command, and the checks of attachments against it.
+"""The firewall rules the kernel holds, listed once per command, and the checks of attachments
+against them (the host veths are links.py's).
 
-One netlink dump of the bridge ports (links.py) answers every host veth; one listing per
-firewall driver and unit (one ``iptables-save`` per family, one ``nft -j list table``, and for
-nftables' FORWARD accepts one save per dropping FORWARD chain) answers every attachment's rules. The drivers' own ``missing``
-lists the kernel at every call, which is right for one CHECK and a thousand listings for this.
+One listing per firewall driver and unit (one ``iptables-save`` per family, one ``nft -j list
+table``, and for nftables' FORWARD accepts one save per dropping FORWARD chain) answers every
+attachment's rules. The drivers' own ``missing`` lists the kernel at every call, which is right
+for one CHECK and a thousand listings for this.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from ..errors import FIREWALL_FAILURE, CniError
-from ..records import record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from ..firewall.driver import FirewallDriver, Item
     from ..firewall.state import Attachment
     from .sources import FirewallBooks
-
-VETH_OK = "ok"
-VETH_MISSING = "missing"
-VETH_DETACHED = "detached"  # exists, but is not a port of any bridge
-VETH_DOWN = "down"
-VETH_UNKNOWN = "unknown"  # netlink refused, or no name to look for (a reservation without ifname)
-
-
-@record(frozen=True)
-class VethState:
-    state: str  # one of VETH_*
-    bridge: str  # the master's name, "" if none
-
-
-class Links:
-    """Host veths as bridge ports: one dump (links.py) in the namespace current at construction
-    (OSError if it fails), a lookup for each veth that is not a port and each bridge's name."""
-
-    def __init__(self) -> None:
-        from .links import RouteSocket
-        self._socket = RouteSocket()
-        self._ports = {port.name: port for port in self._socket.bridge_ports()}
-        self._bridges: dict[int, str] = {}
-
-    def close(self) -> None:
-        self._socket.__exit__()
-
-    def _bridge(self, index: int) -> str:
-        if index not in self._bridges:
-            bridge = self._socket.link(index=index)
-            self._bridges[index] = bridge.name if bridge is not None else ""
-        return self._bridges[index]
-
-    def veth(self, name: str) -> VethState:
-        try:
-            port = self._ports.get(name)
-            if port is not None:
-                return VethState(VETH_OK if port.up else VETH_DOWN, self._bridge(port.master))
-            return VethState(VETH_MISSING if self._socket.link(name) is None else VETH_DETACHED, "")
-        except OSError:
-            return VethState(VETH_UNKNOWN, "")
 
 
 def _unit_name(unit: str) -> str:
@@ -140,15 +101,20 @@ class RuleCheck:
         self._drivers: dict[str, FirewallDriver] = {}
         self._shared: dict[tuple[str, str, str], list[str]] = {}
 
-    def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """List these (driver, unit)s side by side: each listing is a process of its own, and
-        with a thousand attachments waiting for them is most of the time this command takes."""
+    @contextlib.contextmanager
+    def prefetching(self, pairs: Iterable[tuple[str, str]]) -> Iterator[None]:
+        """List these (driver, unit)s side by side while the body runs, and wait for them at its
+        end: each listing is a process of its own, and with a thousand attachments waiting for
+        them is most of the time this command takes, time the body (the links' dump) can use."""
         import threading
         threads = [threading.Thread(target=self._view, args=pair) for pair in set(pairs) if pair not in self._views]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            yield
+        finally:
+            for thread in threads:
+                thread.join()
 
     def _view(self, driver: str, unit: str) -> _View | None:
         if (driver, unit) not in self._views:

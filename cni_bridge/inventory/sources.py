@@ -14,7 +14,8 @@ import os
 
 from ..errors import CniError
 from ..firewall.state import Store, current_generation, is_other_generation
-from ..ipam.store import LINE_BREAK, parse_ip_filename
+from ..ipam.store import Store as HostLocalStore
+from ..ipam.store import ip_filename
 from ..records import record
 
 TYPE_CHECKING = False
@@ -88,21 +89,9 @@ class FirewallBooks:
         return self._store.definition(unit, key)
 
 
-def _read(path: str) -> str | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None  # gone meanwhile, or not a plain file: not a reservation
-    try:
-        return os.read(fd, 4096).decode("utf-8", errors="surrogateescape").strip()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def reservations(data_dir: str, networks: Collection[str], warnings: list[str]) -> list[Reservation]:
-    """Every reservation under `data_dir` (every network's directory, or those in `networks`)."""
+    """Every reservation under `data_dir` (every network's directory, or those in `networks`),
+    read by the store itself, without its lock (Store.reservations_unlocked)."""
     try:
         found = sorted(os.listdir(data_dir))
     except FileNotFoundError:
@@ -111,18 +100,9 @@ def reservations(data_dir: str, networks: Collection[str], warnings: list[str]) 
         warnings.append(f"cannot list {data_dir}: {exc.strerror}")
         return []
     out = []
+    errors: list[CniError] = []
     for network in found if not networks else [n for n in found if n in networks]:
-        directory = os.path.join(data_dir, network)
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            continue  # not a directory, or removed meanwhile
-        for name in names:
-            if parse_ip_filename(name) is None:
-                continue  # the lock, last_reserved_ip.N, temp files
-            content = _read(os.path.join(directory, name))
-            if content is None:
-                continue
-            container_id, _, ifname = content.partition(LINE_BREAK)
-            out.append(Reservation(network, container_id.strip(), ifname.strip(), name))
+        for ip, container_id, ifname in HostLocalStore(data_dir, network).reservations_unlocked(errors):
+            out.append(Reservation(network, container_id, ifname or "", ip_filename(ip)))
+    warnings.extend(str(error) for error in errors)
     return out

@@ -86,13 +86,23 @@ def _store_error(path: str, action: str, exc: OSError) -> CniError:
     return CniError(IPAM_STORE_FAILURE, f"host-local store: cannot {action} {path}: {reason}")
 
 
+def _owner(content: str) -> tuple[str, str | None]:
+    """(container ID, ifname) a reservation file's content names; ifname None in a legacy file.
+
+    The file as the reference compares it: stripped of surrounding whitespace, nothing else, so
+    an owner read here is one a DEL of that owner releases.
+    """
+    container_id, separator, ifname = content.strip().partition(LINE_BREAK)
+    return (container_id, ifname) if separator else (container_id, None)
+
+
 @record(frozen=True)
 class _Entry:
     """A reservation file as read from disk."""
 
     name: str
     ip: IPAddress
-    content: str  # stripped of surrounding whitespace, as the reference compares it
+    owner: tuple[str, str | None]  # _owner() of its content
 
 
 class Store:
@@ -173,15 +183,19 @@ class Store:
         # surrogateescape keeps arbitrary bytes comparable without failing.
         return b"".join(chunks).decode("utf-8", errors="surrogateescape")
 
-    def _regular_files(self) -> list[str]:
-        """Names of the directory's regular files (not symlinks); none if it does not exist."""
+    def _regular_files(self, errors: list[CniError] | None = None) -> list[str]:
+        """Names of the directory's regular files (not symlinks); none if it does not exist or
+        is no directory. With errors given, a failure to list is reported there, not raised."""
         try:
             with os.scandir(self._dir) as it:
                 return [e.name for e in it if e.is_file(follow_symlinks=False)]
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
-            raise _store_error(self._dir, "list", exc) from exc
+            if errors is None:
+                raise _store_error(self._dir, "list", exc) from exc
+            errors.append(_store_error(self._dir, "list", exc))
+            return []
 
     def _entries(self, errors: list[CniError] | None = None) -> list[_Entry]:
         """Every reservation file, sorted by address.
@@ -190,7 +204,7 @@ class Store:
         sweep over the whole store can go on; otherwise the error is raised.
         """
         entries: list[_Entry] = []
-        for name in self._regular_files():
+        for name in self._regular_files(errors):
             ip = parse_ip_filename(name)
             if ip is None:
                 continue
@@ -202,7 +216,7 @@ class Store:
                 errors.append(exc)
                 continue
             if content is not None:
-                entries.append(_Entry(name, ip, content.strip()))
+                entries.append(_Entry(name, ip, _owner(content)))
         entries.sort(key=lambda e: ip_key(e.ip))
         return entries
 
@@ -211,6 +225,11 @@ class Store:
         # The reference trims the ID when writing and when matching.
         return container_id.strip() + LINE_BREAK + ifname
 
+    @staticmethod
+    def _owners(container_id: str, ifname: str) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+        """The owners, as _owner() reads them, of (container_id, ifname)'s files: then legacy ones."""
+        return (container_id.strip(), ifname), (container_id.strip(), None)
+
     def find_by_owner(self, container_id: str, ifname: str) -> list[IPAddress]:
         """Addresses reserved for (container_id, ifname), legacy ID-only files included.
 
@@ -218,7 +237,7 @@ class Store:
         and parses its name as an address only when the file is the owner's: the same
         answer as ``_entries``, in 60 % of its time with 300 reservations.
         """
-        key, legacy = self._key(container_id, ifname), container_id.strip()
+        owners = self._owners(container_id, ifname)
         found: list[IPAddress] = []
         with self.lock():
             for name in self._regular_files():
@@ -230,7 +249,7 @@ class Store:
                     if parse_ip_filename(name) is None:
                         continue  # not a reservation: _entries would not have read it
                     raise
-                if content is not None and content.strip() in (key, legacy):
+                if content is not None and _owner(content) in owners:
                     ip = parse_ip_filename(name)
                     if ip is not None:
                         found.append(ip)
@@ -238,13 +257,22 @@ class Store:
         return found
 
     def all_reservations(self, errors: list[CniError] | None = None) -> list[Reservation]:
-        """(ip, container ID, ifname or None for legacy files) for every reservation."""
-        result: list[Reservation] = []
+        """(ip, container ID, ifname or None for legacy files) for every reservation, by address."""
         with self.lock():
-            for e in self._entries(errors):
-                cid, sep, ifname = e.content.partition(LINE_BREAK)
-                result.append((e.ip, cid, ifname) if sep else (e.ip, cid, None))
-        return result
+            return [(e.ip, *e.owner) for e in self._entries(errors)]
+
+    def reservations_unlocked(self, errors: list[CniError]) -> list[Reservation]:
+        """``all_reservations`` for a reader that must neither wait for the lock nor write
+        anything (no directory, no lock file): ``cni-bridge list``.
+
+        Safe without the lock because every file is written whole before it gets its name (a
+        reservation linked, a hint renamed into place): a file is read whole, or it vanished
+        meanwhile (a DEL) and is not there. A file that cannot be read, or a directory that
+        cannot be listed, is reported in ``errors`` and skipped. The reference writes in place,
+        so a reservation it is writing at that moment may read as empty: an address held by
+        nobody, as its killed writer would leave it.
+        """
+        return [(e.ip, *e.owner) for e in self._entries(errors)]
 
     def last_reserved(self, range_index: int) -> IPAddress | None:
         """The round-robin hint for a range set; None when absent or unparsable."""
@@ -333,14 +361,14 @@ class Store:
         it belongs to, and when this interface's files are found by name the
         ID-only ones are more likely another interface's.
         """
-        key, legacy = self._key(container_id, ifname), container_id.strip()
+        owner, legacy = self._owners(container_id, ifname)
         released: list[IPAddress] = []
         with self.lock():
             self.remove_debris()
             entries = self._entries()
-            matched = [e for e in entries if e.content == key]
+            matched = [e for e in entries if e.owner == owner]
             if not matched:
-                matched = [e for e in entries if e.content == legacy]
+                matched = [e for e in entries if e.owner == legacy]
             for e in matched:
                 if self._unlink(e.name):
                     released.append(e.ip)

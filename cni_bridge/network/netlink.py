@@ -42,7 +42,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Address", "Link", "Netlink", "NetlinkError", "Route", "link_from"]
+__all__ = ["Address", "BridgePort", "Link", "Netlink", "NetlinkError", "Route", "link_from"]
 
 # The rtnetlink message classes. Loaded by name through pyroute2_lean, which keeps
 # pyroute2's heavy package __init__ from running (see there).
@@ -97,6 +97,16 @@ class Link:
     peer_index: int  # IFLA_LINK: a veth's peer ifindex (in the peer's netns), 0 if none
     link_netnsid: int  # IFLA_LINK_NETNSID: where the peer lives, -1 if same netns/none
     promisc: bool  # promiscuous mode requested by the user (IFF_PROMISC)
+
+
+@record(frozen=True)
+class BridgePort:
+    """A bridge port as the bridge's own dump tells it (what `bridge link` shows)."""
+
+    index: int
+    name: str
+    master: int  # the bridge's ifindex
+    up: bool  # administratively up (IFF_UP)
 
 
 @record(frozen=True)
@@ -243,6 +253,26 @@ class Netlink(NetlinkSocket):
                 return None
             raise
         return link_from(replies[0]) if replies else None
+
+    def bridge_ports(self) -> list[BridgePort]:
+        """Every port of every bridge in this namespace, from one AF_BRIDGE dump.
+
+        The bridge answers with a few attributes per port (name, master, MTU, its port
+        settings), where a full link dump carries ~40 per link (statistics, every IPv6
+        setting) and would list the namespace's other links too. Only the name and the
+        master are read: pyroute2 decodes an attribute on first ``get_attr``.
+        """
+        msg = _ifinfmsg()
+        msg["family"] = _AF_BRIDGE
+        return [
+            BridgePort(
+                index=reply["index"],
+                name=reply.get_attr("IFLA_IFNAME") or "",
+                master=reply.get_attr("IFLA_MASTER") or 0,
+                up=bool(reply["flags"] & _IFF_UP),
+            )
+            for reply in self.dump("list bridge ports", msg, _RTM_GETLINK)
+        ]
 
     def add_bridge(self, name: str, mtu: int | None, mac: str | None, vlan_filtering: bool) -> None:
         """Create a bridge; raises NetlinkError with errno EEXIST if the name is taken.

@@ -8,6 +8,8 @@ import os
 from ..errors import DECODE_FAILURE, PLUGIN_NOT_AVAILABLE, CniError
 from ..plugin_exec import error_object, find_executable, spawn
 
+OWN_SETTINGS_PREFIX = "CNI_BRIDGE_"
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -23,8 +25,13 @@ def find_plugin(plugin_type: str, search_path: tuple[str, ...]) -> str:
 
 def plugin_env(command: str, container_id: str, netns: str, ifname: str, cni_args: str,
                search_path: tuple[str, ...], environ: dict[str, str]) -> dict[str, str]:
-    """The caller's environment with every CNI_* variable set for this call, empty ones included."""
-    env = {k: v for k, v in environ.items() if not k.startswith("CNI_")}
+    """The caller's environment with every CNI_* variable set for this call, empty ones included.
+
+    Other CNI_* variables of the caller's are dropped, but not cni-bridge's own settings
+    (CNI_BRIDGE_HELPER, CNI_BRIDGE_IPTABLES, CNI_BRIDGE_CACHE_DIR...): those are the operator's,
+    for the plugin, as a runtime passes them (libcni passes its whole environment).
+    """
+    env = {k: v for k, v in environ.items() if not k.startswith("CNI_") or k.startswith(OWN_SETTINGS_PREFIX)}
     env.update(CNI_COMMAND=command, CNI_CONTAINERID=container_id, CNI_NETNS=netns, CNI_IFNAME=ifname,
                CNI_ARGS=cni_args, CNI_PATH=os.pathsep.join(search_path))
     return env

@@ -12,6 +12,7 @@ import json
 from .. import versions
 from ..errors import CONTAINER_UNKNOWN, INCOMPATIBLE_VERSION, INTERFACE_EXISTS, CniError
 from ..records import field, record
+from ..warm_client import for_plugins_we_start
 from .cache import CachedAttachment, ResultCache
 from .invoke import exec_plugin, find_plugin, plugin_env
 from .netconf_files import NetworkList
@@ -63,7 +64,7 @@ class ListRunner:
     def __init__(self, search_path: tuple[str, ...], cache: ResultCache, environ: dict[str, str]) -> None:
         self.search_path = search_path
         self.cache = cache
-        self.environ = environ
+        self.environ = for_plugins_we_start(environ)
 
     # --- one plugin ---------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ running while list reads.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from cni_bridge.ipam.store import Store as HostLocalStore
 from cni_bridge.network.naming import host_veth_name
 from tests.plugin import (BIN, REF_HOST_LOCAL, Node, host_local, netconf, node, requires_plugin,  # noqa: F401
                           requires_reference)
@@ -204,6 +206,23 @@ def test_list_without_books(node: Node) -> None:
     doc = json.loads(proc.stdout)
     assert proc.returncode == 0 and doc["attachments"] == [] and len(doc["warnings"]) == 1, proc
     assert "earlier boot" in doc["warnings"][0]
+
+
+def test_list_names_the_owners_the_store_names(node: Node) -> None:
+    """A reservation is listed as the attachment whose DEL would release it: list reads the store
+    with the store's own reader, whitespace inside a file included."""
+    data, net = node.data_dir(), node.net_name()
+    os.makedirs(os.path.join(data, net))
+    contents = {"10.233.0.2": "lst-own \r\neth0", "10.233.0.3": "lst-own\r\n eth0", "10.233.0.4": "lst-own\r\neth0",
+                "10.233.0.5": "lst-legacy", "10.233.0.6": ""}
+    for name, text in contents.items():
+        with open(os.path.join(data, net, name), "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    doc = listed(node, data)
+    assert {(a["containerID"], a["ifname"]): a["addresses"] for a in doc["attachments"]} == {
+        ("lst-own ", "eth0"): ["10.233.0.2"], ("lst-own", " eth0"): ["10.233.0.3"], ("lst-own", "eth0"): ["10.233.0.4"],
+        ("lst-legacy", ""): ["10.233.0.5"], ("", ""): ["10.233.0.6"]}
+    assert HostLocalStore(data, net).release_by_owner("lst-own", "eth0") == [ipaddress.ip_address("10.233.0.4")]
 
 
 def test_list_usage(node: Node) -> None:

@@ -23,7 +23,7 @@ import pytest
 from cni_bridge.errors import LINK_FAILURE, NETNS_FAILURE, SYSCTL_FAILURE, CniError
 from cni_bridge.network import netns, pyroute2_lean, sysctl
 from cni_bridge.network.naming import interface_name_problem
-from cni_bridge.network.netlink import Netlink, NetlinkError
+from cni_bridge.network.netlink import BridgePort, Netlink, NetlinkError
 from cni_bridge.network.netlink_socket import NETLINK_NETFILTER, NetlinkSocket
 from tests import nstools
 from tests.netlink_readback import bridge_port_flags, links, port_vlans
@@ -266,6 +266,25 @@ def test_bridge_port_flags(ns: Callable[[], Ns]) -> None:
     assert bridge_port_flags(a.nl, port) == {"hairpin": True, "isolated": False}
     a.nl.set_bridge_port(port, hairpin=False, isolated=None)
     assert bridge_port_flags(a.nl, port) == {"hairpin": False, "isolated": False}
+
+
+def test_bridge_ports_lists_every_port_of_every_bridge_and_nothing_else(ns: Callable[[], Ns]) -> None:
+    a = ns()
+    assert a.nl.bridge_ports() == []
+    bridges = {}
+    for name in ("br-a", "br-b"):
+        a.nl.add_bridge(name, None, None, False)
+        found = a.nl.link(name)
+        assert found is not None
+        bridges[name] = found.index
+    up_port, _ = veth_pair(a, "va", "vb")  # vb stays out of any bridge
+    down_port, _ = veth_pair(a, "vc", "vd")
+    a.nl.set_link(up_port, master=bridges["br-a"])
+    a.nl.set_link(down_port, master=bridges["br-b"], up=False)
+    assert sorted(a.nl.bridge_ports(), key=lambda p: p.name) == [
+        BridgePort(up_port, "va", bridges["br-a"], True),
+        BridgePort(down_port, "vc", bridges["br-b"], False),
+    ]
 
 
 def test_port_vlan(ns: Callable[[], Ns]) -> None:

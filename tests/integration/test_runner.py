@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.network.naming import host_veth_name
-from tests import nstools
+from tests import nstools, polling, warm
 from tests.plugin import (  # noqa: F401
     BIN,
     PATH,
@@ -231,6 +231,26 @@ def test_cni_bridge_masquerade_port_mapping_and_requested_ip(runner: Runner) -> 
     runner.ok("check", net, c.path, "--container-id", cid, "-i", "net1")
     runner.ok("del", net, c.path, "--container-id", cid, env={"CNI_IFNAME": "net1"})
     assert_clean(runner, c, net)
+
+
+def test_under_ip_netns_exec_the_plugins_start_no_helper_unless_asked(runner: Runner) -> None:
+    """`ip netns exec NODE cni-bridge add` runs in a mount namespace that ends with it; its plugins,
+    in that namespace too, must not start a warm helper that no later call could reach. A
+    CNI_BRIDGE_HELPER the caller sets is the caller's choice, and reaches the plugins."""
+    node = runner.node
+    net = node.net_name()
+    runner.write_list(net, [runner.cni_bridge(node.bridge_name())])
+    os.makedirs(node.state_dir, exist_ok=True)  # a helper is started only for an existing stateDir
+    c = node.add_container()
+    netns = nstools.netns_path(name=node.name)
+    runner.add(net, c.path, "rn-nohelper")
+    runner.ok("del", net, c.path, "--container-id", "rn-nohelper")
+    assert warm.helpers_in(netns) == [], "a warm helper was left idling for a mount namespace that is gone"
+
+    runner.add(net, c.path, "rn-helper", env={"CNI_BRIDGE_HELPER": "1"})
+    polling.wait_for("the helper CNI_BRIDGE_HELPER=1 asks for",
+                     lambda: (bool(warm.helpers_in(netns)), f"helpers {warm.helpers_in(netns)}"))
+    runner.ok("del", net, c.path, "--container-id", "rn-helper")
 
 
 def test_del_by_name_after_the_netns_is_gone(runner: Runner) -> None:

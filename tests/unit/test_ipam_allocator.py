@@ -178,6 +178,35 @@ def test_all_reservations_tolerates_whitespace_like_the_reference(store: Store) 
     assert store.find_by_owner("c1", "eth0") == [ip("10.0.0.2")]
 
 
+def test_reservations_unlocked_reads_as_the_store_does_and_writes_nothing(store: Store) -> None:
+    errors: list[CniError] = []
+    assert store.reservations_unlocked(errors) == [] and errors == []
+    assert not netdir(store).exists()  # neither the directory nor the lock file made
+    write(store, "10.0.0.2", b"c1\r\neth0")
+    write(store, "10.0.0.3", b"c1 \r\n eth1\n")  # inner whitespace is part of the owner
+    write(store, "10.0.0.4", b"legacy")
+    write(store, "10.0.0.5", b"")  # what the reference leaves when killed between create and write
+    write(store, "notes.txt", b"c1\r\neth0")
+    (netdir(store) / "10.0.0.7").mkdir()
+    os.symlink("/etc/hostname", netdir(store) / "10.0.0.8")
+    before = files(store)
+    unlocked = store.reservations_unlocked(errors)
+    assert files(store) == before and errors == []
+    assert unlocked == [
+        (ip("10.0.0.2"), "c1", "eth0"),
+        (ip("10.0.0.3"), "c1 ", " eth1"),
+        (ip("10.0.0.4"), "legacy", None),
+        (ip("10.0.0.5"), "", None),
+    ]
+    assert store.all_reservations() == unlocked
+
+
+def test_reservations_unlocked_of_a_file_where_the_directory_would_be(tmp_path: Path) -> None:
+    (tmp_path / NET).write_bytes(b"not a store")
+    errors: list[CniError] = []
+    assert Store(tmp_path, NET).reservations_unlocked(errors) == [] and errors == []
+
+
 def test_find_by_owner_includes_legacy_files(store: Store) -> None:
     store.reserve(ip("10.0.0.2"), "c1", "eth0", 0)
     store.reserve(ip("10.0.0.3"), "c1", "eth1", 0)

@@ -595,7 +595,9 @@ class Fake:
         self.log = tmp_path / "calls.jsonl"
         self.path = (make_fake_plugin(tmp_path, self.log, *types), str(tmp_path / "empty-dir"))
         self.cache = ResultCache(str(tmp_path / "cache"))
-        self.runner = ListRunner(self.path, self.cache, {"PATH": "/usr/bin:/bin", "CNI_STRAY": "dropped"})
+        # The caller's CNI_BRIDGE_HELPER reaches the plugins as it is, in any mount namespace.
+        self.runner = ListRunner(self.path, self.cache,
+                                 {"PATH": "/usr/bin:/bin", "CNI_STRAY": "dropped", "CNI_BRIDGE_HELPER": "1"})
         self.attachment = Attachment("ctr-1", "/run/netns/x", "eth0", (("IP", "10.1.2.3"), ("A", "b")),
                                      {"portMappings": PM})
 
@@ -626,7 +628,7 @@ def test_add_chains_results_and_caches_the_last(fake: Fake) -> None:
     assert "runtimeConfig" not in calls[1]["conf"]
     assert calls[0]["env"] == {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr-1", "CNI_NETNS": "/run/netns/x",
                                "CNI_IFNAME": "eth0", "CNI_ARGS": "IP=10.1.2.3;A=b",
-                               "CNI_PATH": os.pathsep.join(fake.path)}
+                               "CNI_PATH": os.pathsep.join(fake.path), "CNI_BRIDGE_HELPER": "1"}
     entry = fake.cache.read("net", "ctr-1", "eth0")
     assert entry is not None and entry.result == result and entry.netns == "/run/netns/x"
     assert entry.cni_args == (("IP", "10.1.2.3"), ("A", "b")) and entry.capability_args == {"portMappings": PM}
