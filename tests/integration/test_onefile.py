@@ -199,6 +199,38 @@ class PartialWatch(threading.Thread):
             self.rounds += 1
 
 
+SYNC_WITHOUT_F = """#!/bin/sh
+# A sync that knows no -f, as older BusyBox builds; it logs how it was called.
+printf '%s\\n' "$*" >> "$SYNC_LOG"
+case $1 in -f) echo "sync: invalid option -- 'f'" >&2; exit 1 ;; esac
+exec /usr/bin/sync "$@"
+"""
+
+
+def test_a_sync_without_f_syncs_every_file_instead(node: Node) -> None:
+    """The first start syncs the extraction with one `sync -f` (syncfs); where sync has no -f,
+    it syncs each file before the rename, and the start still succeeds."""
+    tools, cache = node.temp_dir(), os.path.join(node.temp_dir(), "bundles")
+    log = os.path.join(node.temp_dir(), "sync.log")
+    with open(os.path.join(tools, "sync"), "w", encoding="utf-8") as handle:
+        handle.write(SYNC_WITHOUT_F)
+    os.chmod(os.path.join(tools, "sync"), 0o755)
+    env = {**cni_env(cache, "VERSION"), "PATH": f"{tools}:{PATH}", "SYNC_LOG": log}
+    first = start(node, BIN, env)
+    assert version_works(first) and notes(first) == 1, first
+    assert extractions(cache) == [bundle_name(BIN)] and temporaries(cache) == []
+    with open(log, encoding="utf-8") as handle:
+        calls = handle.read().splitlines()
+    # "-f -- TEMP" refused, then "-- PATH PATH ...": every file and directory of the
+    # extraction, under its temporary name (cache/.tmp-NAME.PID), before the rename.
+    assert calls[0].startswith("-f -- ") and len(calls) > 1, calls
+    synced = {os.path.relpath(path, cache).partition("/")[2] for call in calls[1:] for path in call.split()[1:]}
+    extraction = os.path.join(cache, bundle_name(BIN))
+    expected = {os.path.relpath(os.path.join(root, name), extraction)
+                for root, dirs, files in os.walk(extraction) for name in dirs + files}
+    assert len(expected) > 500 and expected <= synced, sorted(expected - synced)[:5]
+
+
 def test_twenty_concurrent_first_starts_extract_once_and_never_run_a_partial_bundle(node: Node) -> None:
     cache = os.path.join(node.temp_dir(), "bundles")
     watch = PartialWatch(cache)
