@@ -14,6 +14,8 @@ Pure functions; reused by the nftables backend for its accepts in iptables' FORW
 
 from __future__ import annotations
 
+from .syntax import TABLES_ADD_ORDER, render_tables
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -22,8 +24,6 @@ if TYPE_CHECKING:
     from .syntax import Saved
 
     Group = tuple[Sequence[tuple[str, str]], Sequence[Rule]]  # (table, chain) created, rules added
-
-TABLES_ORDER = ("filter", "raw", "nat")
 
 
 def expected_order(groups: Sequence[Group]) -> dict[tuple[str, str], list[tuple[int, Rule]]]:
@@ -103,8 +103,4 @@ def render_restore(saved: Sequence[Saved], groups: Sequence[Group], picked: Coll
         lines = _chain_lines(chain, listed.get((table, chain), []), expected, picked, counts)
         if lines:
             sections.setdefault(table, []).extend(lines)
-    out: list[str] = []
-    for table in TABLES_ORDER:
-        if sections.get(table):
-            out.extend((f"*{table}", *sections[table], "COMMIT"))
-    return ("\n".join(out) + "\n" if out else ""), counts
+    return render_tables(sections, TABLES_ADD_ORDER), counts

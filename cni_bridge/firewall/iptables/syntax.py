@@ -88,7 +88,8 @@ def target_of(spec: str) -> str:
 # --- rendering ------------------------------------------------------------------------
 
 
-def _render(sections: dict[str, list[str]], order: Sequence[str]) -> str:
+def render_tables(sections: dict[str, list[str]], order: Sequence[str]) -> str:
+    """The restore text of each table's lines, in `order`, each table in its own COMMIT."""
     out = []
     for table in order:
         lines = sections.get(table)
@@ -129,7 +130,7 @@ def render_add(chains: Sequence[tuple[str, str]], rules: Sequence[Rule], create:
     for rule in rules:
         added.setdefault(rule.table, []).append(_add_line(rule))
     sections = {t: declared.get(t, []) + added.get(t, []) for t in set(declared) | set(added)}
-    return _render(sections, TABLES_ADD_ORDER)
+    return render_tables(sections, TABLES_ADD_ORDER)
 
 
 def render_delete(chains: Sequence[tuple[str, str]], rules: Sequence[Rule], delete: Sequence[SharedRules]) -> str:
@@ -148,7 +149,7 @@ def render_delete(chains: Sequence[tuple[str, str]], rules: Sequence[Rule], dele
             sections.setdefault(rule.table, []).append(f"-D {rule.chain} {rule.spec}")
     for table, chain in flushed:
         sections.setdefault(table, []).append(f"-X {chain}")
-    return _render(sections, TABLES_DELETE_ORDER)
+    return render_tables(sections, TABLES_DELETE_ORDER)
 
 
 # --- reading iptables-save --------------------------------------------------------------
@@ -204,7 +205,7 @@ def render_cleanup(saved: Sequence[Saved], chains: Collection[str], comments: Co
         lines.extend(f"-X {chain}" for chain in present)
         if lines:
             sections[table.table] = lines
-    return _render(sections, TABLES_DELETE_ORDER)
+    return render_tables(sections, TABLES_DELETE_ORDER)
 
 
 def absent(saved: Sequence[Saved], chains: Sequence[tuple[str, str]],
