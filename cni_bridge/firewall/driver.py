@@ -39,6 +39,11 @@ class Identity:
     ifname: str
 
 
+def unit_name(unit: str) -> str:
+    """A unit as messages name it: IPv4 and IPv6 for iptables' families, else as it is."""
+    return f"IPv{unit}" if unit in ("4", "6") else unit
+
+
 @record(frozen=True)
 class Shared:
     """Items several attachments need (a chain, a bridge's forward accepts): created by the

@@ -20,7 +20,7 @@ and host ports belong to every network.
 from __future__ import annotations
 
 from ..errors import CHECK_FAILED, FIREWALL_FAILURE, CniError
-from .driver import Identity, Teardown
+from .driver import Identity, Teardown, unit_name
 from .portmap import claims as claims_of
 from .state import Attachment, Installed, Store, attachment_key, is_recorded
 
@@ -213,16 +213,12 @@ def check(driver: FirewallDriver, rules: AttachmentRules, state_dir: str) -> Non
     problems: list[str] = []
     for installed in att.units:
         shared_items = [item for k in installed.shared for item in definitions[(installed.unit, k)].items]
-        problems.extend(f"{_unit_name(installed.unit)} {line}"
+        problems.extend(f"{unit_name(installed.unit)} {line}"
                         for line in driver.missing(installed.unit, [*installed.items, *shared_items]))
     if problems:
         shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
         raise CniError(CHECK_FAILED, f"firewall rule missing: {problems[0]} (run `cni-bridge restore`)",
                        "\n".join([*shown, RESTORE_HINT]))
-
-
-def _unit_name(unit: str) -> str:
-    return f"IPv{unit}" if unit in ("4", "6") else unit
 
 
 def gc(network: str, valid_attachments: Collection[tuple[str, str]], state_dir: str,
@@ -281,7 +277,7 @@ def _collect_shared(store: Store, live: set[str], drivers: Sequence[FirewallDriv
                 try:
                     resource = _owning(drivers, unit, resolve).shared(resource_key, unit)
                 except ValueError as exc:
-                    problems.append(f"shared firewall rules {resource_key} ({_unit_name(unit)}): {exc}")
+                    problems.append(f"shared firewall rules {resource_key} ({unit_name(unit)}): {exc}")
                     continue
             dead_resources.setdefault(unit, []).append(resource)
         for user in dead:
@@ -295,7 +291,7 @@ def _collect_shared(store: Store, live: set[str], drivers: Sequence[FirewallDriv
             except CniError:
                 driver.purge(unit, (), resources)
         except (CniError, ValueError) as exc:
-            problems.append(f"shared firewall rules {', '.join(r.key for r in resources)} ({_unit_name(unit)}): {exc}")
+            problems.append(f"shared firewall rules {', '.join(r.key for r in resources)} ({unit_name(unit)}): {exc}")
             continue
         for resource in resources:
             for user in store.users(unit, resource.key):
@@ -327,5 +323,5 @@ def _sweep(driver: FirewallDriver, network: str, valid: set[tuple[str, str]], li
             if strays:
                 driver.purge(unit, strays, ())
         except CniError as exc:
-            problems.append(f"{_unit_name(unit)}: {exc}")
+            problems.append(f"{unit_name(unit)}: {exc}")
     return problems

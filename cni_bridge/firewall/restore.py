@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from ..errors import CniError
 from ..records import record
+from .driver import unit_name
 from .state import Store
 
 TYPE_CHECKING = False
@@ -48,10 +49,6 @@ class Group:
 
     label: str
     items: tuple[Item, ...]
-
-
-def _unit_name(unit: str) -> str:
-    return f"IPv{unit}" if unit in ("4", "6") else unit
 
 
 def _attachment_label(att: Attachment) -> str:
@@ -127,14 +124,14 @@ def _restore_unit(store: Store, driver: FirewallDriver, unit: str, atts: Sequenc
                 failures.append(f"{group.label}: {exc}")
     restored = tuple(group.label for group, count in zip(groups, counts) if count)
     return UnitReport(driver.name, unit, len(own), len(shared), sum(counts), restored,
-                      tuple(f"{_unit_name(unit)} ({driver.name}) {line}" for line in failures))
+                      tuple(f"{unit_name(unit)} ({driver.name}) {line}" for line in failures))
 
 
 def summary(state_dir: str, reports: Sequence[UnitReport], problems: Sequence[str]) -> tuple[list[str], list[str]]:
     """(lines for stdout, lines for stderr): what was restored, and what could not be."""
     out = []
     for r in reports:
-        where = f"{state_dir}: {_unit_name(r.unit)} ({r.driver}), {r.attachments} attachments, {r.shared} shared resources"
+        where = f"{state_dir}: {unit_name(r.unit)} ({r.driver}), {r.attachments} attachments, {r.shared} shared resources"
         if r.restored_items:
             out.append(f"{where}: restored {r.restored_items} items of {len(r.restored_owners)} of them")
             out.extend(f"  {label}" for label in r.restored_owners[:20])

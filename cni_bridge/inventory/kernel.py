@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 
-from ..errors import FIREWALL_FAILURE, CniError
+from ..errors import CniError
+from ..firewall.driver import unit_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,21 +23,13 @@ if TYPE_CHECKING:
     from .sources import FirewallBooks
 
 
-def _unit_name(unit: str) -> str:
-    return f"IPv{unit}" if unit in ("4", "6") else unit
-
-
 class _IptablesView:
     """One family's tables, from one iptables-save of every table."""
 
     def __init__(self, family: int) -> None:
         from ..firewall.iptables import tools
         from ..firewall.iptables.syntax import parse_save
-        path = tools.tool(family, "save")
-        code, out, err = tools.spawn([path])
-        if code != 0:
-            raise CniError(FIREWALL_FAILURE, f"{path} failed (exit status {code})", err.decode(errors="replace").strip())
-        text = out.decode(errors="replace")
+        text = tools.save("", family)
         tables = {line[1:].strip() for line in text.splitlines() if line.startswith("*")}
         saved = [parse_save(table, text) for table in tables]
         self._chains = {s.table: set(s.chains) for s in saved}
@@ -127,7 +120,7 @@ class RuleCheck:
                 else:
                     self._warnings.append(f"unknown firewall driver {driver!r} in a record")
             except (CniError, ValueError) as exc:
-                self._warnings.append(f"cannot list the {driver} rules ({_unit_name(unit)}): {exc}")
+                self._warnings.append(f"cannot list the {driver} rules ({unit_name(unit)}): {exc}")
             self._views[(driver, unit)] = view
         return self._views[(driver, unit)]
 
@@ -159,5 +152,5 @@ class RuleCheck:
             lost = view.missing(installed.items)
             for key in installed.shared:
                 lost.extend(self._shared_missing(att.driver, installed.unit, key, view))
-            out.extend(f"{_unit_name(installed.unit)} {line}" for line in lost)
+            out.extend(f"{unit_name(installed.unit)} {line}" for line in lost)
         return out
