@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from ..errors import CniError
-from ..firewall.state import Store, current_generation, is_other_generation
+from ..firewall.state import Store, current_generation, is_other_generation, record_path
 from ..ipam.store import Store as HostLocalStore
 from ..ipam.store import ip_filename
 from ..records import record
@@ -83,7 +83,7 @@ class FirewallBooks:
 
     def recorded(self, att: Attachment) -> bool:
         """Whether the record is still there (a DEL may have removed it since it was read)."""
-        return os.path.exists(os.path.join(self.directory, "attachments", f"{att.key}.json"))
+        return os.path.exists(record_path(self.directory, att.key))
 
     def definition(self, unit: str, key: str) -> Shared | None:
         return self._store.definition(unit, key)
