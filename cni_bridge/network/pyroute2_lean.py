@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _thread
 import _weakref
+import importlib
 import os
 import sys
 import types
@@ -85,16 +86,9 @@ class _LightConfig(types.ModuleType):
             raise AttributeError(name)
         if sys.modules.get(self.__name__) is self:
             del sys.modules[self.__name__]
-        real = _import(self.__name__)
+        real = importlib.import_module(self.__name__)
         self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
         return getattr(real, name)
-
-
-def _import(name: str) -> types.ModuleType:
-    """The module of that dotted name, imported if need be: importlib.import_module without
-    the importlib package, whose import brings in warnings."""
-    __import__(name)
-    return sys.modules[name]
 
 
 class _AnnotationOnly:
@@ -157,7 +151,7 @@ class _Deferred(types.ModuleType):
             if self.__name__ == "typing" and name in _ANNOTATION_NAMES and _called_from_pyroute2():
                 return _ANNOTATION
             del sys.modules[self.__name__]
-        return getattr(_import(self.__name__), name)
+        return getattr(importlib.import_module(self.__name__), name)
 
 
 def _called_from_pyroute2() -> bool:
@@ -185,7 +179,7 @@ def load(name: str) -> types.ModuleType:
     stand_ins = {m: _Deferred(m) for m in _DEFERRED if m not in sys.modules}
     sys.modules.update(stand_ins)
     try:
-        return _import(f"{PACKAGE}.{name}")
+        return importlib.import_module(f"{PACKAGE}.{name}")
     finally:
         for module, stand_in in stand_ins.items():
             if sys.modules.get(module) is stand_in:
@@ -194,7 +188,7 @@ def load(name: str) -> types.ModuleType:
 
 install_stub()
 
-# Imported by name rather than "from pyroute2... import": the stub must be
+# Imported through importlib rather than "from pyroute2... import": the stub must be
 # in place first, and an import statement would be hoisted by formatters and is
 # untyped anyway (pyroute2 ships no py.typed), so mypy sees Any either way.
 nlmsgerr: Any = load("netlink").nlmsgerr
