@@ -133,8 +133,8 @@ class NetlinkSocket:
         self._sock: socket.socket | None = sock
         self._seq = 0
 
-    def check_strictly(self) -> bool:
-        """Ask the kernel to honour the filters of dump requests (index, table...); False if it cannot.
+    def check_strictly(self) -> None:
+        """Ask the kernel to honour the filters of dump requests (index, table...), where it can.
 
         Without ``NETLINK_GET_STRICT_CHK`` the kernel ignores them and sends everything: an address
         dump of one link returns every address of the namespace, which grows with the number of
@@ -143,12 +143,11 @@ class NetlinkSocket:
         filter on, so set only those.
         """
         if self._sock is None:
-            return False
+            return
         try:
             self._sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
         except OSError:
-            return False
-        return True
+            pass  # an older kernel: the callers filter the replies themselves
 
     def __enter__(self) -> Self:
         return self
