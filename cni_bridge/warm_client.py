@@ -256,7 +256,7 @@ def spawn_helper(path: str) -> bool:
     """
     if not _mount_namespace_outlives_us():
         return False
-    lock = _lock_for_spawning(path)
+    lock = take_helper_lock(path)
     if lock is None:
         return True  # a helper holds it (or one is being started): do not pile up more
     try:
@@ -283,8 +283,9 @@ def _mount_namespace_outlives_us() -> bool:
         return False
 
 
-def _lock_for_spawning(path: str) -> int | None:
-    """The helper lock of ``path``, taken; None when someone holds it."""
+def take_helper_lock(path: str) -> int | None:
+    """The helper lock of ``path``, taken (the spawner's, or a helper's started by hand);
+    None when someone holds it or it cannot be opened."""
     import fcntl
     try:
         fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from .warm_client import DONE, GO, LOCK_FD_VARIABLE, READY, build_id, decode_header, namespace_ids
+from .warm_client import DONE, GO, READY, build_id, decode_header, namespace_ids, take_helper_lock
 
 IDLE_SECONDS = 120.0
 CHECK_EVERY = 2.0  # how often an idle helper looks at its executable and socket
@@ -85,21 +85,26 @@ def _take_lock(path: str, inherited: str | None) -> int | None:
     """The lock next to the socket: the one the spawning plugin took and handed down (its
     descriptor number in CNI_BRIDGE_HELPER_LOCK_FD), else taken here."""
     if inherited is not None and inherited.isdigit():
-        fd = int(inherited)
-        try:
-            if os.fstat(fd).st_ino != os.stat(path + ".lock").st_ino:
-                return None  # not the lock of this path: the spawner's lock was replaced
-            os.set_inheritable(fd, False)
-        except OSError:
-            return None
+        fd = _inherited_lock(path, int(inherited))
     else:
-        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = take_helper_lock(path)
+    if fd is not None:
+        os.ftruncate(fd, 0)
+    return fd
+
+
+def _inherited_lock(path: str, fd: int) -> int | None:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a no-op on the inherited, locked file
+        if os.fstat(fd).st_ino != os.stat(path + ".lock").st_ino:
+            return None  # not the lock of this path: the spawner's lock was replaced
+        os.set_inheritable(fd, False)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a no-op on the file the spawner locked
     except OSError:
         os.close(fd)
         return None
-    os.ftruncate(fd, 0)
     return fd
 
 
