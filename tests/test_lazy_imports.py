@@ -16,12 +16,16 @@ import pytest
 from tests import nstools
 
 ROOT = Path(__file__).resolve().parent.parent
-# -S: the interpreter alone, as in the bundle (site and the editable install's finder would
-# load modules of their own); the dependencies come from this interpreter's site-packages.
+# Probes run with -S: the interpreter alone, as in the bundle (site and the editable install's
+# finder would load modules of their own); the dependencies come from this interpreter's
+# site-packages.
+SOURCES = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+sys.path.append({sysconfig.get_paths()["purelib"]!r})
+"""
 PROBE = """
-import io, json, sys
-sys.path.insert(0, {root!r})
-sys.path.append({site_packages!r})
+import io, json
 from cni_bridge.main import main
 sys.stdin = io.TextIOWrapper(io.BytesIO({stdin!r}))
 code = main([], {environ!r})
@@ -40,8 +44,7 @@ NOT_FOR_ADD = ("multiprocessing", "platform", "logging", "traceback", "pkgutil",
 
 def loaded_modules(node: str, environ: dict[str, str], stdin: bytes,
                    watched: tuple[str, ...] = HEAVY) -> tuple[int, list[str]]:
-    script = PROBE.format(root=str(ROOT), site_packages=sysconfig.get_paths()["purelib"], stdin=stdin,
-                          environ=environ, watched=watched)
+    script = SOURCES + PROBE.format(stdin=stdin, environ=environ, watched=watched)
     proc = subprocess.run(["ip", "netns", "exec", node, sys.executable, "-I", "-S", "-c", script],
                           capture_output=True, timeout=30)
     marker = [line for line in proc.stderr.decode().splitlines() if line.startswith("LOADED=")]
@@ -117,9 +120,6 @@ def test_add_and_del_load_only_what_they_use() -> None:
 
 
 STAND_INS_PROBE = """
-import sys
-sys.path.insert(0, {root!r})
-sys.path.append({site_packages!r})
 from cni_bridge.network import netlink, pyroute2_lean
 before = sorted(m for m in ("typing", "threading", "weakref") if m in sys.modules)
 nfct = pyroute2_lean.load("netlink.nfnetlink.nfctsocket")  # pyroute2's socket core: asyncio, threads
@@ -141,7 +141,6 @@ def test_pyroute2_stand_ins_serve_only_pyroute2() -> None:
     """What pyroute2_lean serves in place of typing, threading and weakref while pyroute2 loads:
     nothing else in the process (a later import, or the standard modules pyroute2's socket core
     loads) ever sees a placeholder, and the message classes still encode and decode."""
-    script = STAND_INS_PROBE.format(root=str(ROOT), site_packages=sysconfig.get_paths()["purelib"])
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", SOURCES + STAND_INS_PROBE], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == repr(([], [True, "typing", True, "weakref", "lock"], "cbt-probe", "type"))

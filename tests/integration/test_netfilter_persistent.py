@@ -16,6 +16,7 @@ import subprocess
 import pytest
 
 from tests import nstools
+from tests.go_compat_driver import ruleset
 from tests.plugin import REPO, Node, host_local, netconf, node, requires_plugin  # noqa: F401
 
 pytestmark = [pytest.mark.integration, requires_plugin]
@@ -34,12 +35,6 @@ cp -p /etc/iptables/rules.v4 /etc/iptables/rules.v6 "$1/out/"
 
 FOREIGN_V4 = ("INPUT", "-p", "tcp", "--dport", "22", "-m", "comment", "--comment", "operator rule", "-j", "ACCEPT")
 FOREIGN_V6 = ("INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
-
-
-def rules(text: str) -> list[str]:
-    """The lines that define tables, chains and rules (no comments, counters zeroed)."""
-    return [line.split(" [", 1)[0] if line.startswith(":") else line
-            for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def test_save_takes_out_cni_bridge_rules_and_keeps_the_rest_loadable(node: Node) -> None:
@@ -68,8 +63,8 @@ def test_save_takes_out_cni_bridge_rules_and_keeps_the_rest_loadable(node: Node)
             saved[tool] = handle.read()
         assert "cni-bridge" not in saved[tool] and "CNIBR-" not in saved[tool], saved[tool]
         # Nothing else went: the node's own listing, without our lines, is what was saved.
-        ours = [line for line in rules(before[tool]) if "cni-bridge" in line or "CNIBR-" in line]
-        assert rules(saved[tool]) == [line for line in rules(before[tool]) if line not in ours]
+        ours = [line for line in ruleset(before[tool]) if "cni-bridge" in line or "CNIBR-" in line]
+        assert ruleset(saved[tool]) == [line for line in ruleset(before[tool]) if line not in ours]
     assert '--comment "operator rule" -j ACCEPT' in saved["iptables-save"]
     assert ":OPERATOR-CHAIN" in saved["iptables-save"]
 
@@ -77,4 +72,4 @@ def test_save_takes_out_cni_bridge_rules_and_keeps_the_rest_loadable(node: Node)
     with nstools.throwaway_netns(1) as (fresh,):
         for tool, restore in (("iptables-save", "iptables-restore"), ("ip6tables-save", "ip6tables-restore")):
             subprocess.run(["ip", "netns", "exec", fresh, restore], input=saved[tool], text=True, check=True)
-            assert rules(nstools.run_in_netns(fresh, tool).stdout) == rules(saved[tool])
+            assert ruleset(nstools.run_in_netns(fresh, tool).stdout) == ruleset(saved[tool])
